@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny checkpoints built once per session, fixture paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from vllm_sdar.tiny import ASSETS, TinySpec, build
+
+REPO = Path(__file__).resolve().parent.parent
+# The real SDAR-4B-Chat data files: the shared copy when this checkout sits
+# beside it, else the copy vendored in the package (identical, see
+# test_config.py::test_vendored_fixture_matches_shared).
+SHARED_FIXTURE = REPO.parent / "shared" / "fixtures" / "sdar-4b-chat"
+FIXTURE = SHARED_FIXTURE if SHARED_FIXTURE.is_dir() else ASSETS
+
+# vLLM caches model inspection; keep it out of the user's home and fresh.
+os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    return FIXTURE
+
+
+def _tiny(name: str, spec: TinySpec) -> Path:
+    # The spec is part of the name so a changed spec never reuses stale weights.
+    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
+    cache = REPO / ".cache" / "tiny" / f"{name}-{digest}"
+    if not (cache / "model.safetensors").exists():
+        build(cache, spec)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_dense() -> Path:
+    return _tiny("dense-b4", TinySpec(arch="dense", block_size=4))
+
+
+@pytest.fixture(scope="session")
+def tiny_dense_b8() -> Path:
+    return _tiny("dense-b8", TinySpec(arch="dense", block_size=8, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_moe() -> Path:
+    return _tiny("moe-b4", TinySpec(arch="moe", block_size=4, seed=2))

@@ -1,0 +1,112 @@
+"""The reference decoder on tiny checkpoints: layout, forward counts, stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vllm_sdar.config import SdarOptions
+from vllm_sdar.decoding import Sampling, block_causal_mask
+from vllm_sdar.reference import ReferenceDecoder, Request
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dense: Path) -> ReferenceDecoder:
+    return ReferenceDecoder(tiny_dense)
+
+
+def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
+    from vllm_sdar.tiny import TinySpec, build
+
+    spec = TinySpec(hidden_size=64, num_layers=1)
+    a = (build(tmp_path / "a", spec) / "model.safetensors").read_bytes()
+    b = (build(tmp_path / "b", spec) / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_cached_denoise_equals_full_recompute(ref: ReferenceDecoder) -> None:
+    """The KV-cached path gives the logits of one block-causal pass over everything."""
+    prompt = [11, 12, 13, 14, 15, 16]
+    result = ref.generate_one(prompt, Request(max_tokens=6))
+    seq = prompt + result.token_ids
+    full = ref.model(torch.tensor([seq]), 0, None, ref.block_size)[0]
+    # Plain block-causal forward: the first block's output at position 4 must
+    # not depend on anything after position 7.
+    part = ref.model(torch.tensor([seq[:8]]), 0, None, ref.block_size)[0]
+    assert torch.allclose(full[:8], part, atol=1e-5)
+    assert block_causal_mask(0, 8, 8, 4)[4].tolist() == [True] * 8
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 4, 5])
+def test_forward_counts_by_prompt_length(ref: ReferenceDecoder, prompt_len: int) -> None:
+    B = ref.block_size
+    prompt = list(range(100, 100 + prompt_len))
+    req = Request(
+        max_tokens=8,
+        options=SdarOptions(remasking_strategy="low_confidence_static"),
+        ignore_eos=True,
+    )
+    out = ref.generate_one(prompt, req)
+    tail = prompt_len % B
+    gen_first = B - tail
+    # Blocks needed: first holds gen_first generated slots, then whole blocks.
+    blocks = 1 + -(-(8 - gen_first) // B) if gen_first < 8 else 1
+    prefill = 1 if prompt_len >= B else 0
+    # static, steps = B: each full block takes B forwards, the first takes gen_first
+    denoise = gen_first + (blocks - 1) * B
+    assert out.num_denoise_forwards == denoise
+    assert out.num_forwards == prefill + denoise + (blocks - 1)  # no commit after the last
+    assert len(out.token_ids) == 8 and out.finish_reason == "length"
+
+
+def test_eos_inside_block_is_kept_and_rest_dropped(ref: ReferenceDecoder) -> None:
+    prompt = [100, 101, 102, 103, 104]
+    free = ref.generate_one(prompt, Request(max_tokens=12, ignore_eos=True))
+    stop_tok = free.token_ids[5]  # inside the second generated block
+    out = ref.generate_one(prompt, Request(max_tokens=12, stop_token_ids=(stop_tok,)))
+    first = free.token_ids.index(stop_tok)
+    assert out.token_ids == free.token_ids[: first + 1]
+    assert out.finish_reason == "stop"
+
+
+def test_max_tokens_inside_block(ref: ReferenceDecoder) -> None:
+    prompt = [100, 101]
+    full = ref.generate_one(prompt, Request(max_tokens=12, ignore_eos=True))
+    out = ref.generate_one(prompt, Request(max_tokens=5, ignore_eos=True))
+    assert out.token_ids == full.token_ids[:5] and out.finish_reason == "length"
+
+
+def test_seeded_sampling_reproducible(ref: ReferenceDecoder) -> None:
+    sampling = Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=11)
+    a = ref.generate_one([5, 6, 7], Request(max_tokens=8, sampling=sampling))
+    b = ref.generate_one([5, 6, 7], Request(max_tokens=8, sampling=sampling))
+    c = ref.generate_one(
+        [5, 6, 7], Request(max_tokens=8, sampling=Sampling(temperature=0.8, seed=12))
+    )
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_dynamic_threshold_saves_forwards_on_confident_model(ref: ReferenceDecoder) -> None:
+    prompt = [100, 101, 102, 103]
+    static = ref.generate_one(
+        prompt,
+        Request(
+            max_tokens=16,
+            ignore_eos=True,
+            options=SdarOptions(remasking_strategy="low_confidence_static"),
+        ),
+    )
+    low = ref.generate_one(
+        prompt,
+        Request(max_tokens=16, ignore_eos=True, options=SdarOptions(confidence_threshold=0.05)),
+    )
+    assert low.num_denoise_forwards < static.num_denoise_forwards
+
+
+def test_moe_reference_runs(tiny_moe: Path) -> None:
+    moe = ReferenceDecoder(tiny_moe)
+    out = moe.generate_one([5, 6, 7, 8, 9], Request(max_tokens=6, ignore_eos=True))
+    assert len(out.token_ids) == 6

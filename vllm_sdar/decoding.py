@@ -1,0 +1,220 @@
+"""The SDAR decoding algorithm as pure tensor functions.
+
+This is the only module that decides which tokens of a block get unmasked.
+Both the reference decoder (`vllm_sdar.reference`) and the vLLM model runner
+(`vllm_sdar.runner`) call `denoise_step`, so the two paths agree by
+construction on everything except the network's logits.
+
+No vLLM and no transformers imports here: the module is testable on
+handcrafted logits. Semantics follow `shared/spec/sdar-decoding.md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+STRATEGIES = (
+    "low_confidence_static",
+    "low_confidence_dynamic",
+    "sequential",
+    "entropy_bounded",
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one masked slot proposes its token (x0) and confidence."""
+
+    temperature: float = 0.0  # 0 = greedy (argmax), as vLLM defines it
+    top_k: int = 0  # <= 0: off
+    top_p: float = 1.0  # >= 1: off
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Denoising:
+    """How one block is denoised: schedule and unmasking rule."""
+
+    block_size: int = 4
+    steps: int = 4
+    strategy: str = "low_confidence_dynamic"
+    threshold: float = 0.85
+    eb_threshold: float = 0.35
+
+
+def quota_schedule(block_size: int, steps: int) -> list[int]:
+    """Tokens to unmask at each step: B // S each, the first B % S get one more."""
+    if not 1 <= steps <= block_size:
+        raise ValueError(f"denoising steps must be in [1, {block_size}], got {steps}")
+    base, extra = divmod(block_size, steps)
+    return [base + (1 if s < extra else 0) for s in range(steps)]
+
+
+def first_block(prompt_len: int, block_size: int) -> tuple[int, int]:
+    """(start of the first generated block, prompt tokens inside it).
+
+    Blocks are aligned to absolute position 0, so the prompt's tail
+    (prompt_len mod B tokens) shares the first generated block with MASKs.
+    """
+    start = (prompt_len // block_size) * block_size
+    return start, prompt_len - start
+
+
+def block_causal_mask(
+    q_start: int, q_len: int, k_len: int, block_size: int, device=None
+) -> torch.Tensor:
+    """Bool [q_len, k_len]: True where query may attend key.
+
+    A query in block j sees every key in blocks 0..j (both directions inside
+    its own block); keys are positions 0..k_len-1.
+    """
+    q_blk = torch.arange(q_start, q_start + q_len, device=device) // block_size
+    k_blk = torch.arange(k_len, device=device) // block_size
+    return k_blk[None, :] <= q_blk[:, None]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering on [n, V] logits; removed -> -inf."""
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Probability mass strictly before each token: a token is kept while
+        # the mass before it has not reached top_p, so the top token always is.
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def step_generator(seed: int, block_start: int, step: int) -> torch.Generator:
+    """A CPU generator that is a pure function of (seed, block, step).
+
+    Deriving the stream from the position instead of carrying generator
+    state makes seeded output independent of batch composition, preemption
+    and recompute, tensor-parallel rank and device.
+    """
+    mixed = hash((int(seed), int(block_start), int(step))) & ((1 << 63) - 1)
+    return torch.Generator(device="cpu").manual_seed(mixed)
+
+
+def propose(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw x0 for each row of [n, V] logits: (x0, confidence, entropy).
+
+    Confidence is the probability of x0 under the *unfiltered*
+    softmax(logits / T) (spec choice); entropy is of that same distribution.
+    Greedy = argmax with confidence softmax(logits)[argmax] (the release's
+    "greedy": top_k = 1 at temperature 1).
+    """
+    logits = logits.float()
+    temperature = 1.0 if sampling.greedy else sampling.temperature
+    scaled = logits / temperature
+    log_probs = torch.log_softmax(scaled, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).nan_to_num().sum(dim=-1)
+    if sampling.greedy:
+        x0 = torch.argmax(logits, dim=-1)
+    else:
+        filtered = filter_top_k_top_p(scaled, sampling.top_k, sampling.top_p)
+        target = torch.softmax(filtered, dim=-1)
+        # Exponential race (argmax p / q, q ~ Exp(1)) is an exact categorical
+        # draw; the noise is drawn on the CPU so a seed means the same tokens
+        # on every device.
+        noise = torch.empty(target.shape, dtype=torch.float32)
+        noise.exponential_(generator=generator)
+        x0 = torch.argmax(target / noise.to(target.device), dim=-1)
+    confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
+    return x0, confidence, entropy
+
+
+def _top_by_confidence(confidence: torch.Tensor, k: int) -> torch.Tensor:
+    # Stable sort keeps position order among equal confidences, so ties
+    # break toward the lower position (spec choice).
+    order = torch.sort(confidence, descending=True, stable=True).indices
+    return order[:k]
+
+
+def select_slots(
+    confidence: torch.Tensor,
+    entropy: torch.Tensor,
+    quota: int,
+    denoising: Denoising,
+) -> torch.Tensor:
+    """Indices (into the masked slots, in position order) to unmask this step."""
+    n = confidence.shape[0]
+    quota = min(quota, n)
+    strategy = denoising.strategy
+    if strategy == "low_confidence_static":
+        chosen = _top_by_confidence(confidence, quota)
+    elif strategy == "low_confidence_dynamic":
+        above = torch.nonzero(confidence > denoising.threshold).flatten()
+        chosen = above if above.numel() >= quota else _top_by_confidence(confidence, quota)
+    elif strategy == "sequential":
+        chosen = torch.arange(quota)
+    elif strategy == "entropy_bounded":
+        order = torch.sort(entropy, stable=True).indices
+        within = torch.cumsum(entropy[order], dim=0) <= denoising.eb_threshold
+        chosen = order[: max(1, int(within.sum()))]
+    else:
+        raise ValueError(f"unknown remasking_strategy {strategy!r}")
+    return torch.sort(chosen.to(torch.long)).values
+
+
+def denoise_step(
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    mask_id: int,
+    step: int,
+    denoising: Denoising,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One denoising step of one block.
+
+    tokens: [L] current block contents (MASK where undecided; prompt-tail
+    slots are never MASK). logits: [L, V] the network's logits at those
+    positions (no shift: logits[i] predicts tokens[i]). Returns new tokens.
+    """
+    masked = torch.nonzero(tokens == mask_id).flatten()
+    if masked.numel() == 0:
+        return tokens
+    quota = quota_schedule(denoising.block_size, denoising.steps)
+    step_quota = quota[min(step, len(quota) - 1)]
+    x0, confidence, entropy = propose(logits[masked.to(logits.device)], sampling, generator)
+    chosen = select_slots(confidence.cpu(), entropy.cpu(), step_quota, denoising)
+    out = tokens.clone()
+    out[masked[chosen]] = x0.cpu()[chosen].to(out.dtype)
+    return out
+
+
+def truncate_at_stop(
+    tokens: Sequence[int], stop_ids: Iterable[int], max_tokens: int | None
+) -> tuple[list[int], str | None]:
+    """Cut generated tokens at the first stop token (kept) or at max_tokens.
+
+    Returns (tokens, finish_reason) with reason "stop", "length" or None.
+    Everything after the first stop token is dropped (spec choice).
+    """
+    stops = set(stop_ids)
+    out = list(tokens)
+    for i, tok in enumerate(out):
+        if max_tokens is not None and i >= max_tokens:
+            return out[:i], "length"
+        if tok in stops:
+            return out[: i + 1], "stop"
+    if max_tokens is not None and len(out) >= max_tokens:
+        return out[:max_tokens], "length"
+    return out, None

@@ -1,0 +1,136 @@
+"""The reference SDAR decoder: the oracle every other path is checked against.
+
+Follows `shared/spec/sdar-decoding.md` literally, one request at a time,
+with transformers' DynamicCache: prefill the prompt's whole blocks, denoise
+each block with forwards that are not stored (the cache is cropped back),
+then one more forward to store the final block (the "commit").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, DynamicCache, GenerationConfig
+
+from vllm_sdar.config import (
+    SdarOptions,
+    register_hf_configs,
+    resolve_block_size,
+    resolve_mask_id,
+)
+from vllm_sdar.decoding import (
+    Denoising,
+    Sampling,
+    denoise_step,
+    first_block,
+    step_generator,
+    truncate_at_stop,
+)
+from vllm_sdar.hf_model import SDARForCausalLM, model_class_for
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request's decoding parameters (vLLM SamplingParams' meanings)."""
+
+    max_tokens: int = 16
+    sampling: Sampling = field(default_factory=Sampling)
+    options: SdarOptions = field(default_factory=SdarOptions)
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Result:
+    token_ids: list[int]
+    finish_reason: str
+    num_forwards: int  # every model forward this request ran
+    num_denoise_forwards: int  # forwards that denoised a block (no prefill/commit)
+
+
+class ReferenceDecoder:
+    """Loads an SDAR checkpoint (HF format) and decodes with the spec's rules."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        block_size: int | None = None,
+        mask_id: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ) -> None:
+        register_hf_configs()
+        self.config = AutoConfig.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.block_size = resolve_block_size(self.config, block_size)
+        self.mask_id = resolve_mask_id(self.config, self.tokenizer, mask_id)
+        self.eos_ids = _eos_ids(model_dir, self.config)
+        model_cls = model_class_for(self.config)
+        self.model: SDARForCausalLM = model_cls.from_pretrained(model_dir, dtype=dtype)
+        self.model.to(device).eval()
+        self.device = device
+
+    def _forward(self, tokens: Sequence[int], start: int, cache: DynamicCache) -> torch.Tensor:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        return self.model(ids, start=start, cache=cache, block_size=self.block_size)[0]
+
+    @torch.inference_mode()
+    def generate_one(self, prompt: Sequence[int], request: Request) -> Result:
+        if not prompt:
+            raise ValueError("prompt must not be empty")
+        B = self.block_size
+        denoising: Denoising = request.options.denoising(B)
+        sampling = request.sampling
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(62)
+        stops = set(request.stop_token_ids)
+        if not request.ignore_eos:
+            stops |= self.eos_ids
+
+        cache = DynamicCache()
+        forwards = denoise_forwards = 0
+        start, tail = first_block(len(prompt), B)
+        if start > 0:
+            self._forward(prompt[:start], 0, cache)
+            forwards += 1
+        block = torch.tensor(list(prompt[start:]) + [self.mask_id] * (B - tail))
+        generated: list[int] = []
+        while True:
+            step = 0
+            while bool((block == self.mask_id).any()):
+                logits = self._forward(block.tolist(), start, cache)
+                cache.crop(-B)  # a denoising forward is never stored
+                forwards += 1
+                denoise_forwards += 1
+                gen = None if sampling.greedy else step_generator(seed, start, step)
+                block = denoise_step(block, logits, self.mask_id, step, denoising, sampling, gen)
+                step += 1
+            generated += block.tolist()[tail:]
+            generated, reason = truncate_at_stop(generated, stops, request.max_tokens)
+            if reason is not None:
+                return Result(generated, reason, forwards, denoise_forwards)
+            self._forward(block.tolist(), start, cache)  # commit the final block
+            forwards += 1
+            start, tail = start + B, 0
+            block = torch.full((B,), self.mask_id)
+
+    def generate(
+        self, prompts: Iterable[Sequence[int]], request: Request | Sequence[Request]
+    ) -> list[Result]:
+        prompts = list(prompts)
+        requests = [request] * len(prompts) if isinstance(request, Request) else list(request)
+        return [self.generate_one(p, r) for p, r in zip(prompts, requests, strict=True)]
+
+
+def _eos_ids(model_dir: str | Path, config: AutoConfig) -> set[int]:
+    """Stop tokens: generation_config.json's eos ids, else the config's."""
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
