@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
