@@ -12,6 +12,14 @@ def register() -> None:
     workers), possibly more than once: it only registers, idempotently,
     cheaply, and without touching CUDA.
     """
+    from vllm import ModelRegistry
+
     from vllm_sdar.config import register_hf_configs
+    from vllm_sdar.engine_setup import register_config_hook
 
     register_hf_configs()
+    supported = set(ModelRegistry.get_supported_archs())
+    for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
+        if arch not in supported:
+            ModelRegistry.register_model(arch, f"vllm_sdar.models:{arch}")
+    register_config_hook()

@@ -149,3 +149,30 @@ class SdarOptions:
             threshold=self.confidence_threshold,
             eb_threshold=self.eb_threshold,
         )
+
+
+@dataclass(frozen=True)
+class SdarDeployment:
+    """What one served SDAR model fixes for all its requests."""
+
+    block_size: int
+    mask_id: int
+    defaults: SdarOptions
+
+    @classmethod
+    def from_hf_config(cls, hf_config: Any, tokenizer: Any = None) -> SdarDeployment:
+        """Block size, mask id and option defaults; defaults come from config
+        attributes of the same names (settable with `--hf-overrides`)."""
+        deployment_defaults = {k: getattr(hf_config, k, None) for k in SdarOptions.KEYS}
+        deployment = cls(
+            block_size=resolve_block_size(hf_config),
+            mask_id=resolve_mask_id(hf_config, tokenizer),
+            defaults=SdarOptions.parse(deployment_defaults),
+        )
+        deployment.defaults.denoising(deployment.block_size)  # steps <= block size
+        return deployment
+
+    def options_for(self, extra_args: Mapping[str, Any] | None) -> SdarOptions:
+        options = SdarOptions.parse(extra_args, self.defaults)
+        options.denoising(self.block_size)
+        return options

@@ -1,0 +1,115 @@
+"""Selects everything SDAR needs when (and only when) the model is SDAR.
+
+Hooked into vLLM's per-architecture config hook table (`MODELS_CONFIG_MAP`,
+consulted by `VllmConfig.try_verify_and_update_config` before the platform
+fills its defaults), so users pass no `--scheduler-cls` / `--worker-cls`,
+and other models served beside the plugin are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from vllm_sdar.config import ARCHITECTURES, SdarDeployment
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER = "vllm_sdar.scheduler.SdarScheduler"
+CPU_WORKER = "vllm_sdar.worker.SdarCPUWorker"
+GPU_WORKER = "vllm_sdar.worker.SdarGPUWorker"
+VALIDATOR = "vllm_sdar.validation:SdarRequestValidator"
+CPU_PAGE = 128  # vLLM's CPU default KV page
+GPU_PAGE = 16  # vLLM's CUDA default KV page
+
+
+def _load_tokenizer(model_config: Any) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(
+            model_config.tokenizer, revision=model_config.tokenizer_revision
+        )
+    except Exception:  # the tokenizer is only a fallback source for the mask id
+        return None
+
+
+def configure(vllm_config: Any) -> SdarDeployment:
+    from vllm.platforms import current_platform
+
+    from vllm_sdar.validation import set_deployment
+
+    model_config = vllm_config.model_config
+    hf_config = model_config.hf_config
+    tokenizer = None
+    if getattr(hf_config, "mask_token_id", None) is None:
+        tokenizer = _load_tokenizer(model_config)
+    deployment = SdarDeployment.from_hf_config(hf_config, tokenizer)
+    # Resolved once here; the config travels to the engine and every worker.
+    hf_config.block_size = deployment.block_size
+    hf_config.mask_token_id = deployment.mask_id
+    set_deployment(deployment)
+
+    if vllm_config.speculative_config is not None:
+        raise ValueError("SDAR does not combine with speculative decoding")
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise ValueError("SDAR supports tensor parallelism, not pipeline parallelism")
+
+    scheduler_config = vllm_config.scheduler_config
+    if scheduler_config.scheduler_cls is None:
+        scheduler_config.scheduler_cls = SCHEDULER
+    # One step's output decides the next step's input: no overlap possible.
+    scheduler_config.async_scheduling = False
+
+    on_cpu = current_platform.is_cpu()
+    parallel_config = vllm_config.parallel_config
+    if parallel_config.worker_cls == "auto":
+        parallel_config.worker_cls = CPU_WORKER if on_cpu else GPU_WORKER
+    if not on_cpu:
+        # The SDAR runner extends the V1 runner; full CUDA graphs would
+        # replay attention metadata captured for a different request split.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        from vllm.config import CUDAGraphMode
+
+        vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
+
+    # KV pages must hold whole blocks: prefix-cache hits end on page
+    # boundaries and must end on block boundaries.
+    cache_config = vllm_config.cache_config
+    B = deployment.block_size
+    if cache_config.block_size is None:
+        default_page = CPU_PAGE if on_cpu else GPU_PAGE
+        if default_page % B:
+            cache_config.block_size = math.lcm(default_page, B)
+    elif cache_config.block_size % B:
+        raise ValueError(
+            f"KV cache block_size {cache_config.block_size} must be a multiple of the "
+            f"SDAR block size {B}"
+        )
+
+    processors = list(model_config.logits_processors or [])
+    if VALIDATOR not in processors:
+        model_config.logits_processors = processors + [VALIDATOR]
+    logger.info(
+        "SDAR: block size %d, mask id %d, default strategy %s",
+        B,
+        deployment.mask_id,
+        deployment.defaults.remasking_strategy,
+    )
+    return deployment
+
+
+def register_config_hook() -> None:
+    """Add SDAR architectures to vLLM's config hook table (idempotent)."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    class SdarConfigHook(VerifyAndUpdateConfig):
+        @staticmethod
+        def verify_and_update_config(vllm_config: Any) -> None:
+            configure(vllm_config)
+
+    for arch in ARCHITECTURES:
+        if getattr(MODELS_CONFIG_MAP.get(arch), "__name__", None) != "SdarConfigHook":
+            MODELS_CONFIG_MAP[arch] = SdarConfigHook

@@ -1,0 +1,35 @@
+"""What the scheduler tells the model runner about one request for one step.
+
+The scheduler owns every block's state; the runner is stateless about SDAR.
+Shipping the exact token ids with each step (as vLLM ships speculative
+tokens) means every tensor-parallel rank feeds identical inputs, and a
+preempted or rescheduled request needs no worker-side recovery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm_sdar.decoding import Denoising, Sampling
+
+# SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
+# is a plain dataclass, pickled whole to workers (multiprocessing and Ray).
+PLANS_ATTR = "sdar_plans"
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    first_pos: int  # absolute position of token_ids[0]
+    token_ids: list[int]  # ids for scheduled positions first_pos .. end (prompt-only ones omitted)
+    num_logits: int  # the last num_logits scheduled positions are the block's open slots
+    mask_id: int
+    block_start: int  # absolute position of the block being denoised
+    step: int  # denoising step index within the block
+    seed: int
+    denoising: Denoising
+    sampling: Sampling
+
+    @property
+    def block_tokens(self) -> list[int]:
+        """The open slots' current ids (MASK where undecided)."""
+        return self.token_ids[len(self.token_ids) - self.num_logits :]

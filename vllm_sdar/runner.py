@@ -1,0 +1,121 @@
+"""SDAR model runners: vLLM's V1 runner with SDAR inputs and unmasking.
+
+Three changes to the stock runner, all driven by the step's `BlockPlan`s:
+
+1. inputs: the scheduler's token ids (committed block + open block with
+   MASKs) are written into the input batch before inputs are prepared;
+2. logits: taken at every open slot of each request's block (no logit
+   shift in SDAR), not at the last token only;
+3. sampling: `decoding.denoise_step` replaces the sampler; the runner
+   returns each block's new contents and keeps no SDAR state itself.
+
+Attention metadata builders are made block-causal once, at start-up.
+The vLLM methods overridden here are V1-runner internals of 0.32
+(`_prepare_inputs`, `sample_tokens`, `initialize_metadata_builders`,
+`execute_model_state`): see patches/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+from vllm_sdar.attention import make_block_causal
+from vllm_sdar.config import resolve_block_size
+from vllm_sdar.decoding import denoise_step, step_generator
+from vllm_sdar.plan import PLANS_ATTR, BlockPlan
+
+
+class SdarRunnerMixin:
+    """Mixed into a V1 GPUModelRunner subclass (CPU or GPU)."""
+
+    _sdar_rows: list[tuple[str, int]]
+
+    def initialize_metadata_builders(self, kv_cache_config: Any, kernel_block_sizes: Any) -> None:
+        super().initialize_metadata_builders(kv_cache_config, kernel_block_sizes)
+        block_size = resolve_block_size(self.model_config.hf_config)
+        for groups in self.attn_groups:
+            for group in groups:
+                for builder in group.metadata_builders:
+                    make_block_causal(builder, block_size)
+
+    def _prepare_inputs(
+        self, scheduler_output: Any, num_scheduled_tokens: np.ndarray
+    ) -> tuple[torch.Tensor, Any, int]:
+        plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR, {})
+        batch = self.input_batch
+        for req_id, plan in plans.items():
+            row = batch.req_id_to_index[req_id]
+            end = plan.first_pos + len(plan.token_ids)
+            batch.token_ids_cpu[row, plan.first_pos : end] = plan.token_ids
+        _, spec_metadata, max_sampled = super()._prepare_inputs(
+            scheduler_output, num_scheduled_tokens
+        )
+        num_reqs = batch.num_reqs
+        ends = self.query_start_loc.np[1 : num_reqs + 1]
+        self._sdar_rows = []
+        indices = []
+        for row, req_id in enumerate(batch.req_ids[:num_reqs]):
+            plan = plans.get(req_id)
+            count = plan.num_logits if plan is not None else 0
+            self._sdar_rows.append((req_id, count))
+            indices.append(np.arange(ends[row] - count, ends[row]))
+        flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+        logits_indices = torch.from_numpy(flat.astype(np.int64)).to(self.device, non_blocking=True)
+        return logits_indices, spec_metadata, max_sampled
+
+    @torch.inference_mode()
+    def sample_tokens(self, grammar_output: Any) -> ModelRunnerOutput:
+        kv_output = self.kv_connector_output
+        self.kv_connector_output = None
+        state = self.execute_model_state
+        if state is None:
+            return ModelRunnerOutput.with_kv_conn_output_only(kv_output)
+        self.execute_model_state = None
+        plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
+        logits = state.logits
+        sampled: list[list[int]] = []
+        offset = 0
+        for req_id, count in self._sdar_rows:
+            # Under tensor parallelism only the driver rank holds the gathered
+            # logits; the others return nothing, and only the driver's output
+            # reaches the scheduler.
+            if count == 0 or logits is None:
+                sampled.append([])
+                continue
+            plan = plans[req_id]
+            generator = (
+                None
+                if plan.sampling.greedy
+                else step_generator(plan.seed, plan.block_start, plan.step)
+            )
+            new_block = denoise_step(
+                torch.tensor(plan.block_tokens),
+                logits[offset : offset + count],
+                plan.mask_id,
+                plan.step,
+                plan.denoising,
+                plan.sampling,
+                generator,
+            )
+            offset += count
+            sampled.append(new_block.tolist())
+        return ModelRunnerOutput(
+            req_ids=[req_id for req_id, _ in self._sdar_rows],
+            req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
+            sampled_token_ids=sampled,
+            kv_connector_output=kv_output,
+        )
+
+
+class SdarCPUModelRunner(SdarRunnerMixin, CPUModelRunner):
+    pass
+
+
+class SdarGPUModelRunner(SdarRunnerMixin, GPUModelRunner):
+    pass

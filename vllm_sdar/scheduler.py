@@ -1,0 +1,299 @@
+"""The SDAR scheduler: one denoising step per running request per engine step.
+
+Positions and the KV cache, for a request whose current block starts at s:
+
+- `request.num_computed_tokens` (c) is where the *final* KV ends. Every
+  step schedules positions [c, s + B): whatever is not final yet (prompt
+  blocks, or the block finished last step: its "commit") followed by the
+  current block, so a commit rides along with the next block's first step.
+- After a denoising step c becomes s: the block's KV slots are rewritten
+  next step and become cache only once the block is final and committed.
+- `request.all_token_ids` holds the prompt and the *final* tokens only, so
+  vLLM's stop checks, detokenizer and prefix-cache hashing see real tokens.
+  The open block's ids (with MASKs) live in `BlockState` and travel to the
+  workers in each step's `BlockPlan`.
+
+Reused from vLLM's Scheduler (inherited): request bookkeeping, queues,
+KV-cache manager, preemption, stop checks, finishing, stats. Replaced:
+`schedule()` and `update_from_output()`, the two methods whose token
+accounting differs. vLLM dependencies are Scheduler internals of 0.32
+(`_preempt_request`, `_make_cached_request_data`, `_update_request_with_output`,
+`_free_request`, `make_stats`): see patches/README.md.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.sched.utils import remove_all
+from vllm.v1.engine import EngineCoreEventType, EngineCoreOutput, EngineCoreOutputs
+from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request, RequestStatus
+
+from vllm_sdar.config import SdarDeployment
+from vllm_sdar.decoding import Denoising, Sampling, first_block
+from vllm_sdar.plan import PLANS_ATTR, BlockPlan
+
+
+@dataclass
+class BlockState:
+    """The open block of one request (scheduler-side, the only copy)."""
+
+    block_start: int
+    tokens: list[int]  # the block's open slots (prompt-tail slots excluded)
+    denoising: Denoising
+    sampling: Sampling
+    seed: int
+    step: int = 0
+
+
+class SdarScheduler(Scheduler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sdar = SdarDeployment.from_hf_config(self.vllm_config.model_config.hf_config)
+        self.blocks: dict[str, BlockState] = {}
+
+    # -- request lifecycle -------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        params = request.sampling_params
+        if params is None:
+            raise ValueError("SDAR serves generation requests only")
+        B = self.sdar.block_size
+        start, tail = first_block(request.num_prompt_tokens, B)
+        self.blocks[request.request_id] = BlockState(
+            block_start=start,
+            tokens=[self.sdar.mask_id] * (B - tail),
+            denoising=self.sdar.options_for(params.extra_args).denoising(B),
+            sampling=Sampling(
+                temperature=params.temperature,
+                top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
+                top_p=params.top_p,
+                seed=params.seed,
+            ),
+            # A seed drawn here (not on the workers) keeps unseeded sampling
+            # identical on every tensor-parallel rank.
+            seed=params.seed if params.seed is not None else random.getrandbits(62),
+        )
+        # Each denoising forward is reported like a speculative "verify step":
+        # drafted = open slots predicted, accepted = slots unmasked.
+        request.spec_decode_metrics = RequestSpecDecodeMetrics.new(B)
+        super().add_request(request)
+
+    def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
+        self.blocks.pop(request.request_id, None)
+        return super()._free_request(request, delay_free_blocks)
+
+    # -- scheduling ----------------------------------------------------------
+
+    def _plan(self, request: Request, computed: int, budget: int) -> tuple[int, BlockPlan | None]:
+        """How many tokens to schedule from `computed`, and the step's plan."""
+        state = self.blocks[request.request_id]
+        end = state.block_start + self.sdar.block_size
+        if end - computed <= budget:
+            num_new, num_logits = end - computed, len(state.tokens)
+        else:
+            # Not enough budget for the whole span: prefill whole blocks
+            # before the open one (a chunk boundary inside a block would let
+            # its queries see keys not written yet).
+            B = self.sdar.block_size
+            num_new = min(budget, state.block_start - computed) // B * B
+            num_logits = 0
+            if num_new <= 0:
+                return 0, None
+        first = max(computed, request.num_prompt_tokens)
+        if num_logits:
+            token_ids = request.all_token_ids[first:] + state.tokens
+        else:
+            token_ids = request.all_token_ids[first : computed + num_new]
+        return num_new, BlockPlan(
+            first_pos=first,
+            token_ids=list(token_ids),
+            num_logits=num_logits,
+            mask_id=self.sdar.mask_id,
+            block_start=state.block_start,
+            step=state.step,
+            seed=state.seed,
+            denoising=state.denoising,
+            sampling=state.sampling,
+        )
+
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        self.current_step += 1
+        budget = self.max_num_scheduled_tokens
+        plans: dict[str, BlockPlan] = {}
+        num_scheduled: dict[str, int] = {}
+        new_blocks: dict[str, Any] = {}
+        running_reqs: list[Request] = []
+        new_reqs: list[Request] = []
+        resumed_reqs: list[Request] = []
+        preempted: list[Request] = []
+        now = time.monotonic()
+        self.kv_cache_manager.new_step_starts()
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new, plan = self._plan(request, request.num_computed_tokens, budget)
+            if plan is None:
+                i += 1
+                continue
+            while (blocks := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
+                # Out of KV pages: preempt the newest request (recompute later).
+                victim = self.running.pop()
+                self._preempt_request(victim, now)
+                preempted.append(victim)
+                if victim is request:
+                    break
+            if blocks is None:
+                break
+            running_reqs.append(request)
+            new_blocks[request.request_id] = blocks
+            num_scheduled[request.request_id] = num_new
+            plans[request.request_id] = plan
+            budget -= num_new
+            i += 1
+
+        while (
+            not preempted
+            and self.waiting
+            and budget > 0
+            and len(self.running) < self.max_num_running_reqs
+        ):
+            request = self.waiting.peek_request()
+            hit_blocks, hit, _ = self.kv_cache_manager.get_computed_blocks(request)
+            num_new, plan = self._plan(request, hit, budget)
+            if plan is None:
+                break
+            blocks = self.kv_cache_manager.allocate_slots(
+                request, num_new, num_new_computed_tokens=hit, new_computed_blocks=hit_blocks
+            )
+            if blocks is None:
+                break
+            self.waiting.pop_request()
+            self.running.append(request)
+            (resumed_reqs if request.status == RequestStatus.PREEMPTED else new_reqs).append(
+                request
+            )
+            if self.log_stats:
+                request.record_event(EngineCoreEventType.SCHEDULED, now)
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = hit
+            new_blocks[request.request_id] = self.kv_cache_manager.get_blocks(request.request_id)
+            num_scheduled[request.request_id] = num_new
+            plans[request.request_id] = plan
+            budget -= num_new
+
+        output = SchedulerOutput(
+            scheduled_new_reqs=[
+                NewRequestData.from_request(
+                    r, new_blocks[r.request_id].get_block_ids(), uses_mrope=False
+                )
+                for r in new_reqs
+            ],
+            scheduled_cached_reqs=self._make_cached_request_data(
+                running_reqs, resumed_reqs, num_scheduled, {}, new_blocks
+            ),
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            scheduled_spec_decode_tokens={},
+            scheduled_encoder_inputs={},
+            preempted_req_ids=self.reset_preempted_req_ids,
+            finished_req_ids=self.finished_req_ids,
+            free_encoder_mm_hashes=[],
+            new_block_ids_to_zero=self._get_new_block_ids_to_zero(),
+        )
+        setattr(output, PLANS_ATTR, plans)
+
+        # Only after the output captured the pre-step counts: advance to where
+        # the final KV will end once this step has run.
+        for req_id, plan in plans.items():
+            request = self.requests[req_id]
+            if plan.num_logits:
+                request.num_computed_tokens = plan.block_start
+            else:
+                request.num_computed_tokens += num_scheduled[req_id]
+            request.is_prefill_chunk = plan.num_logits == 0
+        self.prev_step_scheduled_req_ids = set(num_scheduled)
+        self.finished_req_ids = set()
+        self.reset_preempted_req_ids = set()
+        return output
+
+    # -- results -------------------------------------------------------------
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
+    ) -> dict[int, EngineCoreOutputs]:
+        plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR)
+        outputs: dict[int, list[EngineCoreOutput]] = defaultdict(list)
+        stopped: set[Request] = set()
+        mask = self.sdar.mask_id
+        for req_id, plan in plans.items():
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished() or not plan.num_logits:
+                continue
+            state = self.blocks[req_id]
+            new_tokens = model_runner_output.sampled_token_ids[
+                model_runner_output.req_id_to_index[req_id]
+            ]
+            was_open = sum(t == mask for t in state.tokens)
+            still_open = sum(t == mask for t in new_tokens)
+            request.spec_decode_metrics.observe(
+                num_draft_tokens=was_open, num_accepted=was_open - still_open
+            )
+            state.tokens, state.step = list(new_tokens), state.step + 1
+            if still_open:
+                continue
+
+            # The block is final: its tokens become the request's output.
+            final, done = self._update_request_with_output(request, list(new_tokens))
+            next_start = state.block_start + self.sdar.block_size
+            if not done and next_start + self.sdar.block_size > self.max_model_len:
+                request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+                done = True
+            if not done:
+                state.block_start, state.step = next_start, 0
+                state.tokens = [mask] * self.sdar.block_size
+            finish_reason = request.get_finished_reason() if done else None
+            prefill_stats = request.take_prefill_stats()
+            if prefill_stats is not None:
+                prefill_stats.finalize(self.kv_cache_manager.estimate_cached_tokens(request))
+            outputs[request.client_index].append(
+                EngineCoreOutput(
+                    request_id=req_id,
+                    new_token_ids=final,
+                    finish_reason=finish_reason,
+                    stop_reason=request.stop_reason,
+                    events=request.take_events(),
+                    prefill_stats=prefill_stats,
+                    spec_decode_metrics=request.spec_decode_metrics if done else None,
+                    trace_headers=request.trace_headers,
+                )
+            )
+            if done:
+                self._free_request(request)
+                stopped.add(request)
+
+        if stopped:
+            self.running = remove_all(self.running, stopped)
+        engine_outputs = {
+            client: EngineCoreOutputs(outputs=outs) for client, outs in outputs.items()
+        }
+        if self.finished_req_ids_dict:
+            for client, finished in self.finished_req_ids_dict.items():
+                engine_outputs.setdefault(client, EngineCoreOutputs()).finished_requests = finished
+            self.finished_req_ids_dict.clear()
+        stats = self.make_stats()
+        if stats is not None:
+            # As vLLM does: stats ride on one client's outputs, made if none.
+            if not engine_outputs:
+                engine_outputs[0] = EngineCoreOutputs()
+            next(iter(engine_outputs.values())).scheduler_stats = stats
+        return engine_outputs

@@ -1,0 +1,90 @@
+"""Per-request validation at admission (front-end process), before the engine.
+
+vLLM runs every configured logits processor's `validate_params` on each
+request in the front end (`InputProcessor`), turning errors into a
+`VLLMValidationError`: offline `generate()` raises it, the OpenAI server
+answers HTTP 400. The plugin adds `SdarRequestValidator` to the model's
+logits processors for SDAR models; it never touches logits (the SDAR runner
+does not run vLLM's sampler).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.exceptions import VLLMValidationError
+from vllm.sampling_params import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+from vllm_sdar.config import SdarDeployment, SdarOptions
+
+# Set in each process that builds an SDAR engine config (engine_setup), so
+# the class-level hook can check block-size-dependent limits.
+_deployment: SdarDeployment | None = None
+
+
+def set_deployment(deployment: SdarDeployment) -> None:
+    global _deployment
+    _deployment = deployment
+
+
+class SdarOptionError(VLLMValidationError, ValueError):
+    """A bad SDAR request option; also a ValueError for offline callers."""
+
+
+def _reject(parameter: str, message: str) -> None:
+    raise SdarOptionError(message, parameter=parameter)
+
+
+def validate_request(params: SamplingParams, deployment: SdarDeployment | None) -> SdarOptions:
+    """Raise SdarOptionError naming the parameter; return the parsed options."""
+    extra = params.extra_args or {}
+    try:
+        if deployment is not None:
+            options = deployment.options_for(extra)
+        else:
+            options = SdarOptions.parse(extra)
+    except ValueError as err:
+        name = next((k for k in SdarOptions.KEYS if k in str(err)), "extra_args")
+        _reject(name, str(err))
+    if params.structured_outputs is not None:
+        _reject(
+            "structured_outputs",
+            "structured outputs / guided decoding are not supported with SDAR block diffusion",
+        )
+    if params.logprobs is not None:
+        _reject("logprobs", "logprobs are not supported with SDAR block diffusion")
+    if params.prompt_logprobs is not None:
+        _reject("prompt_logprobs", "prompt_logprobs are not supported with SDAR block diffusion")
+    unsupported = {
+        "presence_penalty": params.presence_penalty != 0.0,
+        "frequency_penalty": params.frequency_penalty != 0.0,
+        "repetition_penalty": params.repetition_penalty != 1.0,
+        "min_p": params.min_p != 0.0,
+        "logit_bias": bool(params.logit_bias),
+        "allowed_token_ids": bool(params.allowed_token_ids),
+        "bad_words": bool(params.bad_words),
+    }
+    for name, is_set in unsupported.items():
+        if is_set:
+            _reject(name, f"{name} is not supported with SDAR block diffusion")
+    return options
+
+
+class SdarRequestValidator(LogitsProcessor):
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        validate_request(sampling_params, _deployment)
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        pass
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        pass
