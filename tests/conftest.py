@@ -19,6 +19,10 @@ FIXTURE = SHARED_FIXTURE if SHARED_FIXTURE.is_dir() else ASSETS
 
 # vLLM caches model inspection; keep it out of the user's home and fresh.
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
+# In-process engine core: starts in seconds instead of ~40 s, and lets tests
+# observe the real scheduler (forward counts, preemptions).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,14 @@ def set_deployment(deployment: SdarDeployment) -> None:
     _deployment = deployment
 
 
-class SdarOptionError(VLLMValidationError, ValueError):
-    """A bad SDAR request option; also a ValueError for offline callers."""
+class SdarOptionError(VLLMValidationError):
+    """A bad SDAR request option, naming the parameter.
+
+    Deliberately not a ValueError: vLLM re-wraps ValueErrors from this hook
+    into a bare VLLMValidationError, losing the class and `.parameter`.
+    VLLMValidationError is what vLLM 0.32 raises for every invalid sampling
+    parameter offline (e.g. temperature=-1) and maps to HTTP 400 online.
+    """
 
 
 def _reject(parameter: str, message: str) -> None:

@@ -1,0 +1,93 @@
+"""Running the real vLLM engine and the reference decoder side by side."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from vllm import LLM, SamplingParams
+
+from vllm_sdar.config import SdarOptions
+from vllm_sdar.decoding import Sampling
+from vllm_sdar.reference import ReferenceDecoder, Request
+
+
+@contextmanager
+def sdar_llm(model: Path, **overrides: Any) -> Iterator[LLM]:
+    kwargs: dict[str, Any] = dict(
+        model=str(model),
+        dtype="float32",
+        enforce_eager=True,
+        gpu_memory_utilization=0.5,
+        max_model_len=512,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    llm = LLM(**kwargs)
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+
+
+def scheduler_of(llm: LLM) -> Any:
+    """The engine's scheduler (in-process engine core only)."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def params(max_tokens: int = 10, **kwargs: Any) -> SamplingParams:
+    sdar = {k: kwargs.pop(k) for k in list(kwargs) if k in SdarOptions.KEYS}
+    kwargs.setdefault("temperature", 0.0)
+    return SamplingParams(max_tokens=max_tokens, extra_args=sdar or None, **kwargs)
+
+
+def reference_request(p: SamplingParams) -> Request:
+    return Request(
+        max_tokens=p.max_tokens,
+        sampling=Sampling(
+            temperature=p.temperature,
+            top_k=p.top_k if p.top_k and p.top_k > 0 else 0,
+            top_p=p.top_p,
+            seed=p.seed,
+        ),
+        options=SdarOptions.parse(p.extra_args),
+        stop_token_ids=tuple(p.stop_token_ids or ()),
+        ignore_eos=p.ignore_eos,
+    )
+
+
+def generate_ids(
+    llm: LLM, prompts: Sequence[Sequence[int]], ps: SamplingParams | Sequence[SamplingParams]
+) -> list[Any]:
+    outs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], ps, use_tqdm=False)
+    return [o.outputs[0] for o in outs]
+
+
+def denoise_forwards(completion: Any) -> int:
+    """Denoising forwards a request ran (see README: per-request metrics)."""
+    return sum(completion.spec_decode_metrics.histogram)
+
+
+def assert_matches_reference(
+    llm: LLM,
+    ref: ReferenceDecoder,
+    prompts: Sequence[Sequence[int]],
+    ps: SamplingParams | Sequence[SamplingParams],
+) -> list[Any]:
+    ps_list = list(ps) if not isinstance(ps, SamplingParams) else [ps] * len(prompts)
+    got = generate_ids(llm, prompts, ps_list)
+    for prompt, p, out in zip(prompts, ps_list, got, strict=True):
+        want = ref.generate_one(prompt, reference_request(p))
+        context = f"prompt len {len(prompt)}, params {p.extra_args}, seed {p.seed}"
+        assert list(out.token_ids) == want.token_ids, context
+        assert out.finish_reason == want.finish_reason, context
+        assert denoise_forwards(out) == want.num_denoise_forwards, context
+    return got

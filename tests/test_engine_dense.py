@@ -1,0 +1,253 @@
+"""The real vLLM engine (CPU) on the tiny dense B=4 checkpoint vs the reference."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vllm import LLM
+from vllm.exceptions import VLLMValidationError
+
+from vllm_sdar.reference import ReferenceDecoder
+
+from .engine_helpers import (
+    assert_matches_reference,
+    denoise_forwards,
+    generate_ids,
+    params,
+    reference_request,
+    scheduler_of,
+    sdar_llm,
+)
+
+B = 4
+STRATEGY_OPTIONS = {
+    "low_confidence_static": {},
+    # The tiny model's confidences sit around 0.1-0.4: 0.25 makes some
+    # steps unmask several slots and others fall back to the quota.
+    "low_confidence_dynamic": {"confidence_threshold": 0.25},
+    "sequential": {},
+    # Entropies are ~3-4 nats: 7 lets some steps take two slots.
+    "entropy_bounded": {"eb_threshold": 7.0},
+}
+PROMPT_LENGTHS = [1, B - 1, B, B + 1, 3 * B + 2]
+
+
+def prompt_of(length: int, salt: int = 0) -> list[int]:
+    rng = random.Random(length * 1000 + salt)
+    return [rng.randrange(100, 150000) for _ in range(length)]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_dense: Path) -> Iterator[LLM]:
+    with sdar_llm(tiny_dense) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dense: Path) -> ReferenceDecoder:
+    return ReferenceDecoder(tiny_dense)
+
+
+@contextmanager
+def engine_steps(llm: LLM) -> Iterator[list[dict[str, int]]]:
+    """Record num_scheduled_tokens of every engine step (one model forward each)."""
+    scheduler = scheduler_of(llm)
+    original = scheduler.schedule
+    steps: list[dict[str, int]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        if out.total_num_scheduled_tokens:
+            steps.append(dict(out.num_scheduled_tokens))
+        return out
+
+    scheduler.schedule = spy
+    try:
+        yield steps
+    finally:
+        scheduler.schedule = original
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY_OPTIONS))
+def test_greedy_equals_reference(llm: LLM, ref: ReferenceDecoder, strategy: str) -> None:
+    prompts, ps = [], []
+    for steps in (B, 2, 3):  # steps = B, dividing B, not dividing B
+        for length in PROMPT_LENGTHS:
+            prompts.append(prompt_of(length))
+            ps.append(
+                params(
+                    max_tokens=10,  # ends inside a block for every prompt length here
+                    remasking_strategy=strategy,
+                    denoising_steps=steps,
+                    ignore_eos=True,
+                    **STRATEGY_OPTIONS[strategy],
+                )
+            )
+    outs = assert_matches_reference(llm, ref, prompts, ps)
+    assert all(len(o.token_ids) == 10 and o.finish_reason == "length" for o in outs)
+
+
+def test_dynamic_threshold_changes_the_schedule(llm: LLM, ref: ReferenceDecoder) -> None:
+    """Guard against a threshold that never bites: dynamic must save forwards here."""
+    prompt = prompt_of(9)
+    static, dynamic = generate_ids(
+        llm,
+        [prompt, prompt],
+        [
+            params(max_tokens=24, remasking_strategy="low_confidence_static", ignore_eos=True),
+            params(max_tokens=24, confidence_threshold=0.25, ignore_eos=True),
+        ],
+    )
+    assert denoise_forwards(dynamic) < denoise_forwards(static)
+
+
+def test_batch_of_16_mixed_prompts(llm: LLM, ref: ReferenceDecoder) -> None:
+    rng = random.Random(7)
+    strategies = list(STRATEGY_OPTIONS)
+    prompts, ps = [], []
+    for i in range(16):
+        prompts.append(prompt_of(rng.randrange(1, 40), salt=i))
+        strategy = strategies[i % 4]
+        ps.append(
+            params(
+                max_tokens=rng.randrange(1, 20),
+                remasking_strategy=strategy,
+                denoising_steps=rng.choice([1, 2, 4]),
+                ignore_eos=True,
+                **STRATEGY_OPTIONS[strategy],
+            )
+        )
+    assert_matches_reference(llm, ref, prompts, ps)
+
+
+def test_stop_token_inside_block(llm: LLM, ref: ReferenceDecoder) -> None:
+    prompt = prompt_of(5)
+    free = ref.generate_one(prompt, reference_request(params(max_tokens=16, ignore_eos=True)))
+    stop = free.token_ids[6]  # slot 2 of the second generated block
+    first = free.token_ids.index(stop)
+    (out,) = assert_matches_reference(
+        llm, ref, [prompt], [params(max_tokens=16, stop_token_ids=[stop])]
+    )
+    assert list(out.token_ids) == free.token_ids[: first + 1]
+    assert out.finish_reason == "stop"
+
+
+def test_stop_string_cuts_text(llm: LLM, ref: ReferenceDecoder) -> None:
+    prompt = prompt_of(6)
+    (free,) = generate_ids(llm, [prompt], params(max_tokens=16, ignore_eos=True))
+    tokenizer = llm.get_tokenizer()
+    stop_text = tokenizer.decode(free.token_ids[5:7])
+    (out,) = generate_ids(llm, [prompt], params(max_tokens=16, ignore_eos=True, stop=[stop_text]))
+    assert out.finish_reason == "stop"
+    assert stop_text not in out.text
+    assert free.text.startswith(out.text)
+    assert list(free.token_ids[: len(out.token_ids)]) == list(out.token_ids)
+
+
+def test_seeded_sampling_matches_reference_alone_or_batched(
+    llm: LLM, ref: ReferenceDecoder
+) -> None:
+    prompt = prompt_of(7)
+    seeded = params(max_tokens=12, temperature=0.9, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
+    (alone,) = assert_matches_reference(llm, ref, [prompt], [seeded])
+    others = [prompt_of(n, salt=3) for n in (2, 11, 30)]
+    batch = generate_ids(
+        llm,
+        others + [prompt],
+        [params(max_tokens=9, temperature=1.0, ignore_eos=True)] * 3 + [seeded],
+    )
+    assert list(batch[-1].token_ids) == list(alone.token_ids)
+    (other_seed,) = generate_ids(
+        llm, [prompt], params(max_tokens=12, temperature=0.9, top_p=0.9, top_k=50, seed=99)
+    )
+    assert list(other_seed.token_ids) != list(alone.token_ids)
+
+
+def test_n_samples_differ(llm: LLM) -> None:
+    outs = llm.generate(
+        [{"prompt_token_ids": prompt_of(4)}],
+        params(max_tokens=8, temperature=1.0, n=3, seed=5, ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs
+    assert len(outs) == 3
+    assert len({tuple(o.token_ids) for o in outs}) == 3
+
+
+@pytest.mark.parametrize("length", [3, 4, 14])
+def test_one_forward_per_denoising_step(llm: LLM, ref: ReferenceDecoder, length: int) -> None:
+    prompt = prompt_of(length, salt=11)
+    p = params(max_tokens=10, remasking_strategy="low_confidence_static", ignore_eos=True)
+    with engine_steps(llm) as steps:
+        (out,) = generate_ids(llm, [prompt], p)
+    want = ref.generate_one(prompt, reference_request(p))
+    assert list(out.token_ids) == want.token_ids
+    # Whole prompt blocks ride with the first step, each commit with the next
+    # block's first step, the last block needs none: forwards = steps used.
+    assert len(steps) == denoise_forwards(out) == want.num_denoise_forwards
+    prefill = 1 if length >= B else 0
+    blocks = -(-(10 + length % B) // B)
+    assert want.num_forwards == want.num_denoise_forwards + prefill + (blocks - 1)
+    assert len(steps) < want.num_forwards
+    # The first step carries the prompt's whole blocks plus the first block.
+    first_step = next(iter(steps[0].values()))
+    assert first_step == (length // B) * B + B
+
+
+def test_prefix_cache_hits_keep_outputs(llm: LLM, ref: ReferenceDecoder) -> None:
+    shared = prompt_of(300, salt=21)  # > 2 KV pages of 128 tokens
+    prompts = [shared + prompt_of(n, salt=22) for n in (1, 4, 6)]
+    p = params(max_tokens=9, confidence_threshold=0.25, ignore_eos=True)
+    manager = scheduler_of(llm).kv_cache_manager
+    assert manager.enable_caching
+    original = manager.get_computed_blocks
+    hits: list[int] = []
+
+    def spy(request: Any) -> Any:
+        result = original(request)
+        hits.append(result[1])
+        return result
+
+    manager.get_computed_blocks = spy
+    try:
+        first = assert_matches_reference(llm, ref, prompts, p)
+        again = generate_ids(llm, prompts, p)
+    finally:
+        manager.get_computed_blocks = original
+    assert [list(o.token_ids) for o in again] == [list(o.token_ids) for o in first]
+    assert max(hits) >= 256 and all(h % B == 0 for h in hits)
+
+
+@pytest.mark.parametrize(
+    "extra,name",
+    [
+        ({"denoising_steps": 5}, "denoising_steps"),
+        ({"denoising_steps": 0}, "denoising_steps"),
+        ({"remasking_strategy": "random"}, "remasking_strategy"),
+        ({"confidence_threshold": 1.5}, "confidence_threshold"),
+        ({"confidence_threshold": 0}, "confidence_threshold"),
+        ({"eb_threshold": -0.1}, "eb_threshold"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+    ],
+)
+def test_invalid_options_rejected_engine_survives(llm: LLM, extra: dict, name: str) -> None:
+    sdar = {k: v for k, v in extra.items() if k in ("logprobs", "presence_penalty")}
+    bad = params(max_tokens=4, **{k: v for k, v in extra.items() if k not in sdar}, **sdar)
+    with pytest.raises(VLLMValidationError, match=name) as err:
+        generate_ids(llm, [prompt_of(5)], bad)
+    assert err.value.parameter == name
+    (ok,) = generate_ids(llm, [prompt_of(5)], params(max_tokens=4, ignore_eos=True))
+    assert len(ok.token_ids) == 4
+
+
+def test_structured_outputs_rejected(llm: LLM) -> None:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    bad = params(max_tokens=4, structured_outputs=StructuredOutputsParams(choice=["a", "b"]))
+    with pytest.raises(VLLMValidationError, match="structured"):
+        generate_ids(llm, [prompt_of(5)], bad)
