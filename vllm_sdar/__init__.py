@@ -12,12 +12,22 @@ def register() -> None:
     workers), possibly more than once: it only registers, idempotently,
     cheaply, and without touching CUDA.
     """
+    import multiprocessing
+
     from vllm import ModelRegistry
 
     from vllm_sdar.config import register_hf_configs
     from vllm_sdar.engine_setup import register_config_hook
+    from vllm_sdar.names import check_serve_command, install_redirects
 
     register_hf_configs()
+    install_redirects()
+    check_serve_command()
+    if multiprocessing.current_process().name == "MainProcess":
+        # Only front ends build OpenAI requests; workers skip the import.
+        from vllm_sdar.serving import install_request_fields
+
+        install_request_fields()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
         if arch not in supported:

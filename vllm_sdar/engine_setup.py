@@ -46,6 +46,16 @@ def configure(vllm_config: Any) -> SdarDeployment:
     tokenizer = None
     if getattr(hf_config, "mask_token_id", None) is None:
         tokenizer = _load_tokenizer(model_config)
+    if getattr(hf_config, "block_size", None) is None:
+        # Hub configs may lack block_size; -b8/-b16/-b64 releases say it in
+        # their name. An explicit --hf-overrides block_size still wins.
+        from vllm_sdar.names import block_size_from_name
+
+        named = block_size_from_name(model_config.model) or block_size_from_name(
+            str(model_config.served_model_name)
+        )
+        if named is not None:
+            hf_config.block_size = named
     deployment = SdarDeployment.from_hf_config(hf_config, tokenizer)
     # Resolved once here; the config travels to the engine and every worker.
     hf_config.block_size = deployment.block_size

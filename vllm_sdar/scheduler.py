@@ -36,6 +36,7 @@ from vllm.v1.engine import EngineCoreEventType, EngineCoreOutput, EngineCoreOutp
 from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
+from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from vllm_sdar.config import SdarDeployment
 from vllm_sdar.decoding import Denoising, Sampling, first_block
@@ -235,6 +236,8 @@ class SdarScheduler(Scheduler):
         outputs: dict[int, list[EngineCoreOutput]] = defaultdict(list)
         stopped: set[Request] = set()
         mask = self.sdar.mask_id
+        # Per-step SDAR counters for /metrics (see vllm_sdar.metrics).
+        step_stats = SpecDecodingStats.new(self.sdar.block_size) if self.log_stats else None
         for req_id, plan in plans.items():
             request = self.requests.get(req_id)
             if request is None or request.is_finished() or not plan.num_logits:
@@ -249,11 +252,16 @@ class SdarScheduler(Scheduler):
                 num_draft_tokens=was_open, num_accepted=was_open - still_open
             )
             state.tokens, state.step = list(new_tokens), state.step + 1
+            if step_stats is not None:
+                step_stats.num_drafts += 1
+                step_stats.num_draft_tokens += was_open
             if still_open:
                 continue
 
             # The block is final: its tokens become the request's output.
             final, done = self._update_request_with_output(request, list(new_tokens))
+            if step_stats is not None:
+                step_stats.num_accepted_tokens += len(final)
             next_start = state.block_start + self.sdar.block_size
             if not done and next_start + self.sdar.block_size > self.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
@@ -290,7 +298,7 @@ class SdarScheduler(Scheduler):
             for client, finished in self.finished_req_ids_dict.items():
                 engine_outputs.setdefault(client, EngineCoreOutputs()).finished_requests = finished
             self.finished_req_ids_dict.clear()
-        stats = self.make_stats()
+        stats = self.make_stats(step_stats)
         if stats is not None:
             # As vLLM does: stats ride on one client's outputs, made if none.
             if not engine_outputs:

