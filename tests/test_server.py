@@ -52,7 +52,7 @@ def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     workdir = tmp_path_factory.mktemp("serve")
     shutil.copytree(tiny_dense, workdir / MODEL)
     port = _free_port()
-    log = open(workdir / "server.log", "w")
+    log = open(workdir / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "vllm-sdar"),
@@ -306,7 +306,10 @@ def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.Ope
         for line in response.iter_lines():
             if line.startswith("data:"):
                 break  # got a first block
-        time.sleep(1.0)
+        # Stats reach /metrics asynchronously: wait to see it running.
+        deadline = time.monotonic() + 5
+        while _metric(server, "vllm:num_requests_running") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert _metric(server, "vllm:num_requests_running") == 1  # still generating
         # leaving the block hangs up mid-stream
     deadline = time.monotonic() + 30
