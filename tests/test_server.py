@@ -302,9 +302,244 @@ def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.Ope
         "denoising_steps": 4,
         "remasking_strategy": "low_confidence_static",
     }
+    seen_running = False
+    with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as response:
+        for n, line in enumerate(response.iter_lines()):
+            # Stats reach /metrics asynchronously: look while reading blocks.
+            if line.startswith("data:") and _metric(server, "vllm:num_requests_running") == 1:
+                seen_running = True
+                break  # leaving the iterator closes the connection: a hang-up
+            assert n < 200, "the request should not have finished yet"
+    assert seen_running
+    deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError((workdir / "server.log").read_text()[-3000:])
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError((workdir / "server.log").read_text()[-3000:])
+            time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dense: Path) -> ReferenceDecoder:
+    return ReferenceDecoder(tiny_dense)
+
+
+def prompt_ids(length: int, salt: int = 0) -> list[int]:
+    rng = random.Random(length * 31 + salt)
+    return [rng.randrange(100, 150000) for _ in range(length)]
+
+
+def reference(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) -> list[int]:
+    extra = {k: body[k] for k in SdarOptions.KEYS if k in body}
+    extra.setdefault("confidence_threshold", DEPLOY_THRESHOLD)
+    request = Request(
+        max_tokens=body["max_tokens"],
+        sampling=Sampling(
+            temperature=body.get("temperature", 0.0),
+            top_k=body.get("top_k", 0),
+            top_p=body.get("top_p", 1.0),
+            seed=body.get("seed"),
+        ),
+        options=SdarOptions.parse(extra),
+        ignore_eos=body.get("ignore_eos", False),
+    )
+    return ref.generate_one(prompt, request).token_ids
+
+
+def complete(client: openai.OpenAI, prompt: list[int], **body: Any) -> Any:
+    known = {"max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "logprobs"}
+    kwargs = {k: v for k, v in body.items() if k in known}
+    extra = {k: v for k, v in body.items() if k not in known}
+    extra["return_token_ids"] = True
+    return client.completions.create(model=MODEL, prompt=prompt, extra_body=extra, **kwargs)
+
+
+def test_served_under_short_name(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_completion_matches_reference(client: openai.OpenAI, ref: ReferenceDecoder) -> None:
+    for length, body in [
+        (1, {}),
+        (5, {"denoising_steps": 2}),
+        (9, {"remasking_strategy": "entropy_bounded", "eb_threshold": 7.0}),
+        (14, {"remasking_strategy": "low_confidence_static", "denoising_steps": 3}),
+    ]:
+        prompt = prompt_ids(length)
+        body = {"max_tokens": 11, "temperature": 0.0, "ignore_eos": True, **body}
+        out = complete(client, prompt, **body).choices[0]
+        assert list(out.token_ids) == reference(ref, prompt, body), body
+        assert out.text == ref.tokenizer.decode(out.token_ids)
+
+
+def test_seeded_sampling_matches_reference(client: openai.OpenAI, ref: ReferenceDecoder) -> None:
+    prompt = prompt_ids(6)
+    body = {"max_tokens": 10, "temperature": 0.8, "top_p": 0.9, "seed": 17, "ignore_eos": True}
+    out = complete(client, prompt, **body).choices[0]
+    assert list(out.token_ids) == reference(ref, prompt, body)
+
+
+def test_stream_is_one_chunk_per_final_block(client: openai.OpenAI) -> None:
+    prompt = prompt_ids(6)  # 6 = 4 + 2: the first block holds 2 prompt-tail slots
+    body = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    whole = complete(client, prompt, **body).choices[0]
+    chunks = [c.choices[0] for c in complete(client, prompt, stream=True, **body)]
+    token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
+    assert "".join(c.text for c in chunks) == whole.text
+    assert sum(token_chunks, []) == list(whole.token_ids)
+    # Block boundaries after the tail: 2 generated slots, then 4, 4, 2 (max_tokens).
+    assert [len(t) for t in token_chunks] == [2, 4, 4, 2]
+
+
+def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Say something."}]
+    kwargs: dict[str, Any] = dict(model=MODEL, messages=messages, max_tokens=10, temperature=0)
+    extra = {"ignore_eos": True, "denoising_steps": 2}
+    whole = client.chat.completions.create(**kwargs, extra_body=extra)
+    text = whole.choices[0].message.content
+    stream = client.chat.completions.create(**kwargs, extra_body=extra, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text and streamed == text
+
+
+def test_n_and_stop_token_ids(client: openai.OpenAI, ref: ReferenceDecoder) -> None:
+    prompt = prompt_ids(5)
+    free = reference(ref, prompt, {"max_tokens": 12, "ignore_eos": True})
+    stop = free[6]
+    out = complete(client, prompt, max_tokens=12, temperature=0.0, stop_token_ids=[stop])
+    assert list(out.choices[0].token_ids) == free[: free.index(stop) + 1]
+    assert out.choices[0].finish_reason == "stop"
+    many = complete(client, prompt, max_tokens=6, temperature=1.0, n=3, seed=3, ignore_eos=True)
+    assert len(many.choices) == 3 and len({tuple(c.token_ids) for c in many.choices}) == 3
+
+
+def test_32_concurrent_streams(server: str, ref: ReferenceDecoder) -> None:
+    rng = random.Random(32)
+    strategies = ["low_confidence_static", "low_confidence_dynamic", "sequential"]
+    jobs = []
+    for i in range(32):
+        body: dict[str, Any] = {
+            "max_tokens": rng.randrange(1, 24),
+            "temperature": 0.0 if i % 3 else 0.7,
+            "remasking_strategy": strategies[i % 3],
+            "denoising_steps": rng.choice([1, 2, 4]),
+            "ignore_eos": True,
+        }
+        if body["temperature"]:
+            body["seed"] = i
+        jobs.append((prompt_ids(rng.randrange(1, 60), salt=i), body))
+
+    async def run_one(aclient: openai.AsyncOpenAI, prompt: list[int], body: dict) -> list[int]:
+        extra = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature", "seed")}
+        extra["return_token_ids"] = True
+        stream = await aclient.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=body["max_tokens"],
+            temperature=body["temperature"],
+            seed=body.get("seed"),
+            stream=True,
+            extra_body=extra,
+        )
+        ids: list[int] = []
+        async for chunk in stream:
+            ids += list(chunk.choices[0].token_ids or [])
+        return ids
+
+    async def run_all() -> list[list[int]]:
+        aclient = openai.AsyncOpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+        return await asyncio.gather(*(run_one(aclient, p, b) for p, b in jobs))
+
+    results = asyncio.run(run_all())
+    for (prompt, body), got in zip(jobs, results, strict=True):
+        assert got == reference(ref, prompt, body), body
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"denoising_steps": 5}, "denoising_steps"),
+        ({"remasking_strategy": "zigzag"}, "remasking_strategy"),
+        ({"confidence_threshold": 0}, "confidence_threshold"),
+        ({"confidence_threshold": 1.01}, "confidence_threshold"),
+        ({"eb_threshold": -1}, "eb_threshold"),
+        ({"logprobs": 1}, "logprobs"),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, "structured_outputs"),
+        ({"response_format": {"type": "json_object"}}, "structured_outputs"),
+    ],
+)
+def test_invalid_request_is_400_and_server_keeps_serving(
+    client: openai.OpenAI, body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        complete(client, prompt_ids(4), max_tokens=4, **body)
+    assert param in str(err.value)
+    ok = complete(client, prompt_ids(4), max_tokens=4, temperature=0.0, ignore_eos=True)
+    assert len(ok.choices[0].token_ids) == 4
+
+
+def _metric(base: str, name: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    values = [
+        float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    ]
+    return sum(values)
+
+
+def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
+    forwards = _metric(server, "vllm:sdar_denoising_forwards_total")
+    committed = _metric(server, "vllm:sdar_committed_tokens_total")
+    complete(
+        client,
+        prompt_ids(3),
+        max_tokens=9,
+        temperature=0.0,
+        ignore_eos=True,
+        remasking_strategy="low_confidence_static",
+    )
+    time.sleep(1.5)  # the front end records stats asynchronously
+    new_forwards = _metric(server, "vllm:sdar_denoising_forwards_total")
+    new_committed = _metric(server, "vllm:sdar_committed_tokens_total")
+    # Prompt 3: one open slot in the first block, then 4 + 4 (9 = 1 + 4 + 4 tokens).
+    assert new_committed - committed == 9
+    assert new_forwards - forwards == 1 + 4 + 4  # static, steps = B: one slot per step
+    assert _metric(server, "vllm:generation_tokens_total") > 0  # vLLM's own are still there
+
+
+def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.OpenAI) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": prompt_ids(8),
+        "max_tokens": 400,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "denoising_steps": 4,
+        "remasking_strategy": "low_confidence_static",
+    }
     with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as response:
         for line in response.iter_lines():
             if line.startswith("data:"):
+                print("FIRST", line[:400])
                 break  # got a first block
         # Stats reach /metrics asynchronously: wait to see it running.
         deadline = time.monotonic() + 5
