@@ -72,6 +72,13 @@ def configure(vllm_config: Any) -> SdarDeployment:
         scheduler_config.scheduler_cls = SCHEDULER
     # One step's output decides the next step's input: no overlap possible.
     scheduler_config.async_scheduling = False
+    budget = scheduler_config.max_num_batched_tokens
+    if budget is not None and budget < 2 * deployment.block_size:
+        # A commit plus the next block must fit in one step.
+        raise ValueError(
+            f"max_num_batched_tokens ({budget}) must be at least twice the SDAR block "
+            f"size ({deployment.block_size})"
+        )
 
     on_cpu = current_platform.is_cpu()
     parallel_config = vllm_config.parallel_config
