@@ -51,13 +51,22 @@ def redirects(cwd: Path | None = None) -> dict[str, str]:
     return {short: repo for short, repo in SHORT_NAMES.items() if not (cwd / short).is_dir()}
 
 
+_OURS = "VLLM_SDAR_REDIRECT_PATH"  # marks a redirect table this plugin wrote
+
+
 def install_redirects() -> None:
-    """Point vLLM's model redirect at the short-name table (idempotent)."""
-    if os.environ.get("VLLM_MODEL_REDIRECT_PATH"):
+    """Point vLLM's model redirect at the short-name table for this process.
+
+    A table the user configured is left alone. One inherited from a parent
+    process that ran the plugin is rewritten: local directories are looked up
+    relative to *this* process's working directory.
+    """
+    current = os.environ.get("VLLM_MODEL_REDIRECT_PATH")
+    if current and current != os.environ.get(_OURS):
         return
     path = Path(tempfile.gettempdir()) / f"vllm-sdar-names-{os.getuid()}-{os.getpid()}.json"
     path.write_text(json.dumps(redirects()))
-    os.environ["VLLM_MODEL_REDIRECT_PATH"] = str(path)
+    os.environ["VLLM_MODEL_REDIRECT_PATH"] = os.environ[_OURS] = str(path)
 
 
 def _serve_model_arg(argv: list[str]) -> str | None:
