@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,12 @@ def sdar_llm(model: Path, **overrides: Any) -> Iterator[LLM]:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
+
+
+def prompt_of(length: int, salt: int = 0) -> list[int]:
+    """A deterministic prompt of random (non-special) token ids."""
+    rng = random.Random(length * 1000 + salt)
+    return [rng.randrange(100, 150000) for _ in range(length)]
 
 
 def scheduler_of(llm: LLM) -> Any:

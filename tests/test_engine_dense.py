@@ -19,6 +19,7 @@ from .engine_helpers import (
     denoise_forwards,
     generate_ids,
     params,
+    prompt_of,
     reference_request,
     scheduler_of,
     sdar_llm,
@@ -35,11 +36,6 @@ STRATEGY_OPTIONS = {
     "entropy_bounded": {"eb_threshold": 7.0},
 }
 PROMPT_LENGTHS = [1, B - 1, B, B + 1, 3 * B + 2]
-
-
-def prompt_of(length: int, salt: int = 0) -> list[int]:
-    rng = random.Random(length * 1000 + salt)
-    return [rng.randrange(100, 150000) for _ in range(length)]
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ import pytest
 
 from vllm_sdar.reference import ReferenceDecoder
 
-from .engine_helpers import assert_matches_reference, params, scheduler_of, sdar_llm
-
-
-def prompt_of(length: int, salt: int = 0) -> list[int]:
-    rng = random.Random(length * 7919 + salt)
-    return [rng.randrange(100, 150000) for _ in range(length)]
+from .engine_helpers import assert_matches_reference, params, prompt_of, scheduler_of, sdar_llm
 
 
 def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[Any]]:
@@ -120,3 +115,22 @@ def test_tensor_parallel_2(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) ->
     with sdar_llm(tiny_dense, tensor_parallel_size=2, distributed_executor_backend="mp") as llm:
         assert llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == 2
         assert_matches_reference(llm, ref, prompts, ps)
+
+
+def test_non_sdar_architecture_is_untouched(tiny_dense: Path) -> None:
+    """The same weights served as plain Qwen3 get vLLM's own engine, unchanged."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from vllm_sdar.scheduler import SdarScheduler
+
+    with sdar_llm(tiny_dense, hf_overrides={"architectures": ["Qwen3ForCausalLM"]}) as llm:
+        scheduler = scheduler_of(llm)
+        assert type(scheduler) is Scheduler and not isinstance(scheduler, SdarScheduler)
+        config = llm.llm_engine.vllm_config
+        assert "vllm_sdar" not in config.parallel_config.worker_cls
+        assert not config.model_config.logits_processors
+        out = llm.generate(
+            [{"prompt_token_ids": prompt_of(5)}], params(max_tokens=6), use_tqdm=False
+        )
+        assert len(out[0].outputs[0].token_ids) == 6
+        assert out[0].outputs[0].spec_decode_metrics is None
