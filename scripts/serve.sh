@@ -7,11 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 DEFAULT=vllm_sdar/assets/sdar-addition
-model=${1:-$DEFAULT}
-[ $# -gt 0 ] && shift
 extra=()
-if [ "$model" = "$DEFAULT" ]; then
+if [ $# -gt 0 ]; then
+  model=$1
+  shift
+elif [ -f "$DEFAULT/config.json" ]; then
+  model=$DEFAULT
   extra=(--served-model-name sdar-addition)
+else
+  # No trained default in this checkout: a tiny random-weight SDAR model.
+  model=models/tiny-sdar
+  [ -f "$model/model.safetensors" ] || .venv/bin/python -m vllm_sdar.tiny --out "$model"
+  extra=(--served-model-name sdar-tiny)
 fi
 # CPU build defaults that fit these machines (see shared notes: the memory
 # check reads NUMA node 0); override by exporting them.
