@@ -1,14 +1,34 @@
-"""Offline batch generation with SDAR in vLLM (`python examples/offline.py [model]`)."""
+"""Offline batch generation with SDAR in vLLM: `python examples/offline.py [model]`.
+
+Without an argument it uses the project's default model, as scripts/serve.sh
+does: the trained `vllm_sdar/assets/sdar-addition` when present, else a tiny
+random-weight SDAR checkpoint built into models/tiny-sdar.
+"""
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from vllm import LLM, SamplingParams  # noqa: E402
 
+from vllm_sdar.tiny import build  # noqa: E402
+
+TRAINED = Path("vllm_sdar/assets/sdar-addition")
+TINY = Path("models/tiny-sdar")
+
+
+def default_model() -> str:
+    if (TRAINED / "config.json").exists():
+        return str(TRAINED)
+    if not (TINY / "model.safetensors").exists():
+        build(TINY)
+    return str(TINY)
+
+
 if __name__ == "__main__":
-    model = sys.argv[1] if len(sys.argv) > 1 else "vllm_sdar/assets/sdar-addition"
+    model = sys.argv[1] if len(sys.argv) > 1 else default_model()
     llm = LLM(model=model, dtype="float32", gpu_memory_utilization=0.5, max_model_len=1024)
     prompts = ["12+34=", "1234+4321=", "999+1=", "31415+27182="]
     params = SamplingParams(
