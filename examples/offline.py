@@ -29,8 +29,9 @@ def default_model() -> str:
 
 if __name__ == "__main__":
     model = sys.argv[1] if len(sys.argv) > 1 else default_model()
-    llm = LLM(model=model, dtype="float32", gpu_memory_utilization=0.5, max_model_len=1024)
-    prompts = ["12+34=", "1234+4321=", "999+1=", "31415+27182="]
+    # max_model_len: the trained default's own limit is 256 positions.
+    llm = LLM(model=model, dtype="float32", gpu_memory_utilization=0.5, max_model_len=256)
+    prompts = ["12+34=", "123+456=", "999+1=", "905+97="]
     params = SamplingParams(
         temperature=0,
         max_tokens=16,

@@ -8,12 +8,16 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 DEFAULT=vllm_sdar/assets/sdar-addition
 extra=()
+# Keeps the KV cache of a big checkpoint inside this CPU's budget; the
+# trained default's own limit (256 positions) is lower, so it keeps that.
+limit=(--max-model-len 1024)
 if [ $# -gt 0 ]; then
   model=$1
   shift
 elif [ -f "$DEFAULT/config.json" ]; then
   model=$DEFAULT
   extra=(--served-model-name sdar-addition)
+  limit=()
 else
   # No trained default in this checkout: a tiny random-weight SDAR model.
   model=models/tiny-sdar
@@ -23,5 +27,5 @@ fi
 # CPU build defaults that fit these machines (see shared notes: the memory
 # check reads NUMA node 0); override by exporting them.
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
-exec .venv/bin/vllm-sdar serve "$model" --dtype float32 --max-model-len 1024 \
+exec .venv/bin/vllm-sdar serve "$model" --dtype float32 "${limit[@]}" \
   --gpu-memory-utilization 0.5 "${extra[@]}" "$@"

@@ -1,0 +1,343 @@
+"""Paradigm conversion (vllm_sdar.convert): objective, data, training loop,
+released format, and the shipped default model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+from vllm_sdar.config import SdarOptions, register_hf_configs
+from vllm_sdar.convert import addition
+from vllm_sdar.convert.__main__ import main as cli_main
+from vllm_sdar.convert.data import Example, collate, tokenize_record
+from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
+from vllm_sdar.convert.objective import add_noise, hidden_states, two_stream_mask
+from vllm_sdar.convert.source import from_qwen3
+from vllm_sdar.convert.toy import DEFAULT_OUT, Budget
+from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
+from vllm_sdar.reference import ReferenceDecoder, Request
+from vllm_sdar.tiny import ASSETS as SDAR_TOKENIZER
+
+from .conftest import REPO
+
+
+def _rows(mask: torch.Tensor) -> list[str]:
+    return ["".join("1" if v else "0" for v in row) for row in mask.tolist()]
+
+
+# --------------------------------------------------------------- the objective
+
+
+def test_two_stream_mask_handcrafted() -> None:
+    # Columns: noisy positions 0..7, then clean positions 0..7; blocks of 4.
+    assert _rows(two_stream_mask(8, 4)) == [
+        *["1111000000000000"] * 4,  # noisy block 0: itself only
+        *["0000111111110000"] * 4,  # noisy block 1: itself + clean block 0
+        *["0000000011110000"] * 4,  # clean block 0: clean block 0
+        *["0000000011111111"] * 4,  # clean block 1: clean blocks 0..1
+    ]
+
+
+def test_two_stream_mask_hides_padding() -> None:
+    valid = torch.tensor([[True] * 6 + [False] * 2])
+    mask = two_stream_mask(8, 4, valid)[0]
+    pad_keys = [6, 7, 14, 15]
+    assert not mask[:, pad_keys][[i for i in range(16) if i not in pad_keys]].any()
+    for q in pad_keys:  # a padded query sees exactly itself: no all-False row
+        assert mask[q].nonzero().flatten().tolist() == [q]
+    assert mask[12, 8:14].all()  # real clean query in block 1 keeps its keys
+
+
+def _tiny_qwen3(path: Path, vocab_size: int, tie: bool = False, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        rope_theta=1_000_000,
+        tie_word_embeddings=tie,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # a wide lm_head: distinct, non-flat logits
+        model.lm_head.weight.normal_(0, 1.0)
+    model.save_pretrained(path)
+    addition.build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # vocab_size == tokenizer size: <|MASK|> has no free row, the converter must grow it.
+    return _tiny_qwen3(tmp_path_factory.mktemp("qwen3"), vocab_size=16)
+
+
+def test_noisy_stream_sees_what_the_decoder_shows(qwen3_dir: Path) -> None:
+    """Noisy block j in the 2L forward == a block-causal forward of clean
+    blocks < j followed by noisy block j (the decoder's view), and the clean
+    stream == a block-causal forward of the clean sequence."""
+    model = from_qwen3(qwen3_dir, block_size=4).model.eval()
+    mask_id = model.config.mask_token_id
+    clean = torch.tensor([[3, 10, 5, 11, 7, 1, 2, 14, 9, 8, 0, 14]])
+    noisy = clean.clone()
+    noisy[0, [1, 2, 5, 6, 7, 8, 10]] = mask_id
+    length = clean.shape[1]
+    with torch.no_grad():
+        both = hidden_states(
+            model,
+            torch.cat([noisy, clean], 1),
+            torch.arange(length).repeat(2)[None],
+            two_stream_mask(length, 4),
+        )[0]
+        assert torch.allclose(both[length:], model.model(clean, 0, None, 4)[0], atol=1e-5)
+        for j in range(3):
+            view = torch.cat([clean[:, : 4 * j], noisy[:, 4 * j : 4 * j + 4]], 1)
+            expect = model.model(view, 0, None, 4)[0, 4 * j :]
+            assert torch.allclose(both[4 * j : 4 * j + 4], expect, atol=1e-5), j
+
+
+def test_noise_masks_only_trainable_and_every_trained_block() -> None:
+    ex = Example(list(range(1, 11)), [False] * 5 + [True] * 5)  # prompt 5, answer 5
+    batch = collate([ex] * 64, block_size=4, fill_id=14, pad_id=15)
+    noised = add_noise(batch, 4, mask_id=99, eps=1e-3, generator=torch.Generator().manual_seed(0))
+    assert not noised.masked[~batch.trainable].any()
+    per_block = noised.masked.view(64, 3, 4).any(-1)
+    assert per_block[:, 1:].all()  # blocks 1 and 2 hold answer tokens
+    assert not per_block[:, 0].any()  # block 0 is all prompt
+    assert (noised.noisy == 99).equal(noised.masked)
+    again = add_noise(batch, 4, 99, 1e-3, torch.Generator().manual_seed(0))
+    assert again.masked.equal(noised.masked)
+    # t is per block and the masking rate follows it: heavy noise, many masks.
+    assert noised.t.view(64, 3, 4).unique(dim=-1).shape[-1] == 1
+
+
+# -------------------------------------------------------------------- the data
+
+
+def test_chat_loss_only_on_assistant_tokens() -> None:
+    tok = addition.build_tokenizer()
+    ex = tokenize_record(addition.Problem(123, 4567).record(), tok)
+    assert tok.decode(ex.input_ids) == "123+4567=4690<|endoftext|>"
+    answer = [i for i, t in zip(ex.input_ids, ex.trainable) if t]
+    assert tok.decode(answer) == "4690<|endoftext|>"
+    assert ex.trainable == [False] * 9 + [True] * 5
+
+
+def test_qwen_chat_template_multi_turn_labels() -> None:
+    register_hf_configs()  # the vendored config.json has auto_map: never prompt
+    tok = AutoTokenizer.from_pretrained(SDAR_TOKENIZER)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    ex = tokenize_record({"messages": messages}, tok)
+    spans = [
+        tok.decode([i for i, _ in group])
+        for trained, group in itertools.groupby(zip(ex.input_ids, ex.trainable), key=lambda p: p[1])
+        if trained
+    ]
+    # History turns render without the think block; the last turn has it,
+    # and the model must learn to write it, so it is trained.
+    assert spans == ["Hello!<|im_end|>\n", "<think>\n\n</think>\n\n4<|im_end|>\n"]
+    full = tok.apply_chat_template(messages, tokenize=False)
+    assert tok.decode(ex.input_ids) == full
+
+
+def test_prompt_completion_and_text_records() -> None:
+    tok = addition.build_tokenizer()
+    pc = tokenize_record({"prompt": "1+2=", "completion": "3"}, tok)
+    assert pc.trainable == [False] * 4 + [True, True]
+    assert pc.input_ids[-1] == tok.eos_token_id
+    text = tokenize_record({"text": "12"}, tok)
+    assert text.trainable == [True] * 3
+
+
+def test_collate_fills_answer_block_with_trained_eos() -> None:
+    a = Example([1, 2, 3, 4, 5, 6], [False, False, False, True, True, True])
+    b = Example([1, 2], [False, True])
+    batch = collate([a, b], block_size=4, fill_id=14, pad_id=15)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 14, 14], [1, 2, 14, 14, 15, 15, 15, 15]]
+    assert batch.trainable.tolist()[0] == [False] * 3 + [True] * 5
+    assert batch.trainable.tolist()[1] == [False, True, True, True] + [False] * 4
+    assert batch.valid.tolist()[1] == [True] * 4 + [False] * 4
+
+
+# ------------------------------------------------------- weights and the format
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_weights_transfer_one_to_one(tmp_path: Path, tie: bool) -> None:
+    """At block size 1 the block-causal mask is the causal mask, so the SDAR
+    model must reproduce the Qwen3 logits exactly (no shift on either side)."""
+    src = _tiny_qwen3(tmp_path, vocab_size=24, tie=tie)
+    converted = from_qwen3(src, block_size=1)
+    assert converted.mask_id == 16  # next free id, inside the padded vocabulary
+    assert converted.model.config.vocab_size == 24  # no growth needed
+    qwen = Qwen3ForCausalLM.from_pretrained(src).eval()
+    ids = torch.tensor([[1, 10, 2, 11, 3, 5, 7]])
+    with torch.no_grad():
+        expect = qwen(input_ids=ids).logits
+        got = converted.model.eval()(ids, 0, None, 1)
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert not converted.model.config.tie_word_embeddings
+
+
+def _config(qwen3_dir: Path, data: Path, out: Path, **kw) -> ConvertConfig:
+    base = dict(model=str(qwen3_dir), data=str(data), out=str(out), block_size=4, steps=6,
+                batch_size=8, lr=3e-3, save_every=2, keep_checkpoints=5, seed=7)  # fmt: skip
+    return ConvertConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train, _ = addition.make_splits(64, 0, 3, seed=1)
+    return addition.write_jsonl(train, tmp_path_factory.mktemp("data") / "train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def converted(qwen3_dir: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run, through the command line."""
+    out = tmp_path_factory.mktemp("run-a")
+    cfg = _config(qwen3_dir, dataset, out)
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if v is not None]
+    assert cli_main(argv) == 0
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_weights(converted: Path, qwen3_dir: Path, dataset: Path, tmp_path: Path):
+    again = convert(_config(qwen3_dir, dataset, tmp_path / "b"))
+    assert _same(_weights(converted), _weights(again))
+    other = convert(_config(qwen3_dir, dataset, tmp_path / "c", seed=8))
+    assert not _same(_weights(converted), _weights(other))
+    # Training moved the weights away from the source.
+    source = load_file(qwen3_dir / "model.safetensors")
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(source[key], _weights(converted)[key])
+
+
+def test_resume_after_interruption(
+    converted: Path, qwen3_dir: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted):
+        convert(_config(qwen3_dir, dataset, out, stop_after=3))  # step 3 is lost
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-0000002"]
+    assert not (out / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="different settings"):
+        convert(_config(qwen3_dir, dataset, out, lr=1e-3), resume=True)
+    convert(_config(qwen3_dir, dataset, out), resume=True)
+    assert _same(_weights(converted), _weights(out))
+    state = json.loads((out / "checkpoint-0000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and len(state["log"]) == 6
+
+
+def test_release_format_loads_in_reference_decoder(converted: Path) -> None:
+    config = json.loads((converted / "config.json").read_text())
+    assert config["model_type"] == "sdar"
+    assert config["architectures"] == ["SDARForCausalLM"]
+    assert config["block_size"] == 4
+    assert config["tie_word_embeddings"] is False
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert tok.mask_token == "<|MASK|>"
+    assert config["mask_token_id"] == tok.mask_token_id == 16
+    assert config["vocab_size"] == 24  # grown from 16 to fit the mask, rounded to 8
+    assert _weights(converted)["lm_head.weight"].shape == (24, 32)
+    gen = json.loads((converted / "generation_config.json").read_text())
+    assert tok.eos_token_id in gen["eos_token_id"]
+    ref = ReferenceDecoder(converted)
+    assert (ref.block_size, ref.mask_id) == (4, 16)
+    out = ref.generate_one([1, 10, 2, 11], Request(max_tokens=6, ignore_eos=True))
+    assert len(out.token_ids) == 6 and out.num_forwards >= 2
+
+
+def test_toy_pipeline_smoke(tmp_path: Path) -> None:
+    """The whole miniature (AR from scratch, conversion at B=4 and 8, the
+    evaluation table) as a user runs it, at a budget that fits CI."""
+    out, work = tmp_path / "model", tmp_path / "work"
+    cmd = [sys.executable, "-m", "vllm_sdar.convert.toy", "--smoke"]
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--out" in refused.stderr  # never clobber the asset
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--work", str(work)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "eval.json").read_text())
+    rows = {
+        (r["decoder"], r["block_size"], r["strategy"], r["threshold"]) for r in report["results"]
+    }
+    assert ("AR greedy", None, None, None) in rows
+    for block in (4, 8):
+        assert ("SDAR", block, "low_confidence_static", None) in rows
+        assert ("SDAR", block, "low_confidence_dynamic", 0.9) in rows
+        assert 0 < report["token_ratio"][str(block)] < 1  # a fraction of the AR budget
+    for r in report["results"]:
+        assert r["problems"] == 20 and 0 <= r["correct"] <= 20
+        assert r["forwards"] >= r["denoise_forwards"] > 0
+    assert "| AR greedy |" in report["table"] and "| AR greedy |" in done.stdout
+    ref = ReferenceDecoder(out)  # the shipped block-4 model, in the released format
+    assert ref.block_size == 4 and (work / "sdar-b8" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ReferenceDecoder:
+    assert DEFAULT_OUT == REPO / "vllm_sdar" / "assets" / "sdar-addition"
+    return ReferenceDecoder(DEFAULT_OUT)
+
+
+def test_shipped_model_is_small_and_complete() -> None:
+    config = json.loads((DEFAULT_OUT / "config.json").read_text())
+    assert config["model_type"] == "sdar" and config["block_size"] == 4
+    assert config["head_dim"] == 64  # vLLM's CPU attention kernel needs >= 32
+    assert (DEFAULT_OUT / "model.safetensors").stat().st_size < 8 * 2**20
+    tok = AutoTokenizer.from_pretrained(DEFAULT_OUT)
+    assert tok.mask_token_id == config["mask_token_id"]
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "12+30"}], tokenize=False, add_generation_prompt=True
+    ) == "12+30="  # fmt: skip
+
+
+def test_shipped_model_adds_held_out_problems(shipped: ReferenceDecoder) -> None:
+    budget = json.loads((DEFAULT_OUT / "eval.json").read_text())["budget"]
+    assert budget["max_digits"] == Budget().max_digits
+    # The test split is drawn first, independent of n_train: these problems
+    # were never trained on.
+    _, test = addition.make_splits(0, 40, budget["max_digits"], budget["seed"])
+    tok = shipped.tokenizer
+    request = Request(max_tokens=8)  # greedy, default low_confidence_dynamic
+    results = [shipped.generate_one(prompt_ids(tok, p), request) for p in test]
+    correct = sum(answer_ok(tok, p, r.token_ids, shipped.eos_ids) for p, r in zip(test, results))
+    assert correct >= 36, f"{correct}/40"
+    tokens = sum(len(r.token_ids) for r in results)
+    forwards = sum(r.num_denoise_forwards for r in results)
+    assert tokens / forwards > 1.5  # dynamic decoding emits several tokens per forward
+    # Static decoding unmasks exactly one token per step: never faster than AR.
+    static = Request(max_tokens=8, options=SdarOptions(remasking_strategy="low_confidence_static"))
+    first = shipped.generate_one(prompt_ids(tok, test[0]), static)
+    assert first.num_denoise_forwards >= len(first.token_ids)

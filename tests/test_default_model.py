@@ -1,0 +1,75 @@
+"""The shipped default model (vllm_sdar/assets/sdar-addition) through vLLM.
+
+It was trained (python -m vllm_sdar.convert.toy), so unlike the random tiny
+checkpoints its confidences are real: dynamic decoding must commit several
+tokens per forward and the answers must be right, on problems held out
+from its training, and token for token what the reference decoder gives.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vllm_sdar.convert import addition
+from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
+from vllm_sdar.convert.toy import DEFAULT_OUT
+from vllm_sdar.reference import ReferenceDecoder
+
+from .engine_helpers import assert_matches_reference, denoise_forwards, params, sdar_llm
+
+N_PROBLEMS = 60
+
+
+@pytest.fixture(scope="module")
+def held_out() -> list[addition.Problem]:
+    budget = json.loads((DEFAULT_OUT / "eval.json").read_text())["budget"]
+    # The test split is drawn before the training split and excluded from it.
+    _, test = addition.make_splits(0, N_PROBLEMS, budget["max_digits"], budget["seed"])
+    return test
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with sdar_llm(DEFAULT_OUT, max_model_len=256) as engine:
+        yield engine
+
+
+def test_engine_solves_held_out_problems_like_the_reference(
+    llm, held_out: list[addition.Problem]
+) -> None:
+    ref = ReferenceDecoder(DEFAULT_OUT)
+    tok = ref.tokenizer
+    prompts = [prompt_ids(tok, p) for p in held_out]
+    dynamic = params(8, remasking_strategy="low_confidence_dynamic", confidence_threshold=0.9)
+    static = params(8, remasking_strategy="low_confidence_static")
+    for p in (dynamic, static):
+        outs = assert_matches_reference(llm, ref, prompts, p)
+        correct = sum(
+            answer_ok(tok, prob, out.token_ids, ref.eos_ids) for prob, out in zip(held_out, outs)
+        )
+        assert correct >= 0.9 * len(held_out), f"{p.extra_args}: {correct}/{len(held_out)}"
+        tokens = sum(len(o.token_ids) for o in outs)
+        forwards = sum(denoise_forwards(o) for o in outs)
+        if p is dynamic:
+            assert tokens / forwards > 1.5, (tokens, forwards)
+        else:  # one token per step at steps = B, so at most one per forward
+            assert tokens / forwards <= 1.0, (tokens, forwards)
+
+
+def test_chat_template_path(llm, held_out: list[addition.Problem]) -> None:
+    """llm.chat renders the shipped template ("12+30" -> "12+30=") and gives
+    what the token-id path gives; the answers are the sums."""
+    problems = held_out[:20]
+    chats = llm.chat(
+        [[{"role": "user", "content": p.prompt}] for p in problems], params(8), use_tqdm=False
+    )
+    tok = llm.get_tokenizer()
+    direct = llm.generate(
+        [{"prompt_token_ids": prompt_ids(tok, p)} for p in problems], params(8), use_tqdm=False
+    )
+    assert [c.outputs[0].token_ids for c in chats] == [d.outputs[0].token_ids for d in direct]
+    right = sum(c.outputs[0].text == p.answer for c, p in zip(chats, problems))
+    assert right >= 18, [(p.prompt, c.outputs[0].text) for c, p in zip(chats, problems)]
+    assert all(c.outputs[0].finish_reason == "stop" for c in chats)

@@ -1,0 +1,196 @@
+"""The paradigm conversion in miniature, and the build of the default model.
+
+    python -m vllm_sdar.convert.toy                # full run: rebuilds the asset
+    python -m vllm_sdar.convert.toy --smoke --out /tmp/toy   # CI smoke run (~1 min)
+
+1. a character-level tokenizer and an addition data set (addition.py), the
+   test problems held out from training;
+2. a small Qwen3 trained from scratch with next-token loss (ar.py): the
+   "autoregressive model you start from";
+3. `convert` (the same code as `python -m vllm_sdar.convert`) turns it into
+   SDAR at block size 4 (and 8) with a fraction of the AR token budget;
+4. both are scored on the held-out problems (evaluate.py): AR greedy vs SDAR
+   with low_confidence_static and low_confidence_dynamic at several
+   thresholds, greedy, through the reference decoder;
+5. the block-4 model is written to --out with eval.json and a model card.
+
+Everything is seeded and runs on a fixed number of CPU threads, so the same
+command on the same machine and software rebuilds byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from vllm_sdar.convert import addition
+from vllm_sdar.convert.ar import ArSpec, train_ar
+from vllm_sdar.convert.data import tokenize_record
+from vllm_sdar.convert.evaluate import eval_ar, eval_sdar, markdown_table
+from vllm_sdar.convert.train import SUMMARY_FILE, ConvertConfig, convert
+from vllm_sdar.reference import ReferenceDecoder
+
+PACKAGE = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = PACKAGE / "assets" / "sdar-addition"
+DEFAULT_WORK = PACKAGE.parent / ".cache" / "sdar-addition"
+RELEASE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_digits: int = 3
+    n_train: int = 100_000
+    n_test: int = 500
+    ar_steps: int = 2000
+    ar_batch: int = 64
+    ar_lr: float = 3e-3
+    sdar_steps: int = 600
+    sdar_batch: int = 64
+    sdar_lr: float = 3e-3
+    weighting: str = "uniform"
+    block_sizes: tuple[int, ...] = (4, 8)
+    thresholds: tuple[float, ...] = (0.8, 0.9, 0.95)
+    seed: int = 0
+    spec: ArSpec = ArSpec(
+        vocab_size=addition.MODEL_VOCAB_SIZE, num_heads=4, num_kv_heads=2, intermediate_size=256
+    )
+
+
+SMOKE = Budget(
+    n_train=2_000,
+    n_test=20,
+    ar_steps=30,
+    ar_batch=16,
+    sdar_steps=10,
+    sdar_batch=16,
+    thresholds=(0.9,),
+    spec=ArSpec(vocab_size=addition.MODEL_VOCAB_SIZE, num_layers=1, intermediate_size=128),
+)
+
+
+def run(budget: Budget, out: Path, work: Path) -> dict:
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.perf_counter() - began - sum(timings.values()), 1)
+
+    tokenizer = addition.build_tokenizer()
+    train, test = addition.make_splits(
+        budget.n_train, budget.n_test, budget.max_digits, budget.seed
+    )
+    data = addition.write_jsonl(train, work / "train.jsonl")
+    addition.write_jsonl(test, work / "test.jsonl")
+    examples = [tokenize_record(p.record(), tokenizer) for p in train]
+
+    ar_dir = work / "ar"
+    ar_stats = train_ar(
+        examples, budget.spec, tokenizer, ar_dir, budget.ar_steps, budget.ar_batch,
+        budget.ar_lr, budget.seed, warmup_steps=budget.ar_steps // 20,
+    )  # fmt: skip
+    lap("ar_train")
+
+    sdar_dirs: dict[int, Path] = {}
+    sdar_stats: dict[int, dict] = {}
+    for block in budget.block_sizes:
+        cfg = ConvertConfig(
+            model=str(ar_dir),
+            data=str(data),
+            out=str(work / f"sdar-b{block}"),
+            block_size=block,
+            steps=budget.sdar_steps,
+            batch_size=budget.sdar_batch,
+            lr=budget.sdar_lr,
+            weighting=budget.weighting,
+            warmup_steps=budget.sdar_steps // 20,
+            seed=budget.seed,
+            save_every=budget.sdar_steps,
+            keep_checkpoints=1,
+        )
+        shutil.rmtree(cfg.out, ignore_errors=True)  # a rebuild never resumes stale state
+        sdar_dirs[block] = convert(cfg)
+        sdar_stats[block] = json.loads((sdar_dirs[block] / SUMMARY_FILE).read_text())
+        lap(f"sdar_b{block}_train")
+
+    rows = [eval_ar(ar_dir, test).row()]
+    lap("ar_eval")
+    for block, path in sdar_dirs.items():
+        decoder = ReferenceDecoder(path)
+        rows.append(eval_sdar(decoder, test, "low_confidence_static", None).row())
+        for tau in budget.thresholds:
+            rows.append(eval_sdar(decoder, test, "low_confidence_dynamic", tau).row())
+        lap(f"sdar_b{block}_eval")
+
+    report = {
+        "task": (
+            f"a+b with 1..{budget.max_digits}-digit operands, {budget.n_test} held-out problems"
+        ),
+        "budget": {k: v for k, v in asdict(budget).items() if k != "spec"},
+        "model": asdict(budget.spec),
+        "ar_training": ar_stats,
+        "sdar_training": {
+            str(b): {k: s[k] for k in ("steps", "tokens", "trainable_tokens", "final_loss")}
+            for b, s in sdar_stats.items()
+        },
+        "token_ratio": {
+            str(b): round(s["tokens"] / ar_stats["tokens"], 3) for b, s in sdar_stats.items()
+        },
+        "results": rows,
+        "table": markdown_table(rows),
+    }
+    _ship(sdar_dirs[budget.block_sizes[0]], out, report)
+    timings["total"] = round(time.perf_counter() - began, 1)
+    (work / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    report["wall_s"] = timings
+    return report
+
+
+def _ship(model_dir: Path, out: Path, report: dict) -> None:
+    """The released files of one SDAR model plus its scores; nothing else
+    (no checkpoints, no timings: a rebuild should leave git clean)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RELEASE_FILES:
+        if (model_dir / name).exists():
+            shutil.copyfile(model_dir / name, out / name)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model goes")
+    parser.add_argument("--work", type=Path, default=None, help="intermediate files")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, for CI")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; fixed, so sums are reproducible"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke and args.out == DEFAULT_OUT:
+        parser.error("--smoke would overwrite the shipped model; pass --out")
+    torch.set_num_threads(args.threads)
+    budget = replace(SMOKE if args.smoke else Budget(), seed=args.seed)
+    work = args.work or (
+        DEFAULT_WORK.with_name(DEFAULT_WORK.name + "-smoke") if args.smoke else DEFAULT_WORK
+    )
+    report = run(budget, args.out, work)
+    print(report["table"])
+    print("token ratio SDAR/AR:", report["token_ratio"])
+    print("wall time (s):", report["wall_s"])
+
+
+if __name__ == "__main__":
+    main()
