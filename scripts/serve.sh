@@ -15,8 +15,7 @@ if [ $# -gt 0 ]; then
   model=$1
   shift
 elif [ -f "$DEFAULT/config.json" ]; then
-  model=$DEFAULT
-  extra=(--served-model-name sdar-addition)
+  model=sdar-addition  # short name of the copy inside the package
   limit=()
 else
   # No trained default in this checkout: a tiny random-weight SDAR model.

@@ -17,7 +17,7 @@ from vllm_sdar.reference import ReferenceDecoder, Request
 
 
 @contextmanager
-def sdar_llm(model: Path, **overrides: Any) -> Iterator[LLM]:
+def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
     kwargs: dict[str, Any] = dict(
         model=str(model),
         dtype="float32",

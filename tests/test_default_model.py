@@ -9,6 +9,7 @@ from its training, and token for token what the reference decoder gives.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,12 @@ def held_out() -> list[addition.Problem]:
 
 @pytest.fixture(scope="module")
 def llm():
-    with sdar_llm(DEFAULT_OUT, max_model_len=256) as engine:
+    # By its short name, as a user would: the plugin's redirect table points
+    # it at the copy inside the package (no ./sdar-addition directory here).
+    assert not Path("sdar-addition").exists()
+    with sdar_llm("sdar-addition", max_model_len=256) as engine:
+        config = engine.llm_engine.model_config
+        assert Path(config.model) == DEFAULT_OUT and config.served_model_name == "sdar-addition"
         yield engine
 
 

@@ -18,10 +18,15 @@ def register() -> None:
 
     from vllm_sdar.config import register_hf_configs
     from vllm_sdar.engine_setup import register_config_hook
-    from vllm_sdar.names import check_serve_command, install_redirects
+    from vllm_sdar.names import (
+        check_serve_command,
+        install_config_lookup_redirect,
+        install_redirects,
+    )
 
     register_hf_configs()
     install_redirects()
+    install_config_lookup_redirect()
     check_serve_command()
     if multiprocessing.current_process().name == "MainProcess":
         # Only front ends build OpenAI requests; workers skip the import.

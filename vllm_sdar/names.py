@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _BASE = {
     "sdar-1.7b": "JetLM/SDAR-1.7B-Chat",
@@ -36,6 +37,11 @@ SHORT_NAMES: dict[str, str] = {
     **{f"{name}-b{b}": f"{repo}-b{b}" for name, repo in _BASE.items() for b in BLOCK_VARIANTS},
 }
 
+# The project's own trained toy model ships inside the package (see
+# vllm_sdar.convert.toy), so this name works offline, from any directory.
+PACKAGED = {"sdar-addition": str(Path(__file__).resolve().parent / "assets" / "sdar-addition")}
+SHORT_NAMES.update(PACKAGED)
+
 _BLOCK_SUFFIX = re.compile(r"-b(\d+)/?$")
 
 
@@ -46,7 +52,8 @@ def block_size_from_name(model: str) -> int | None:
 
 
 def redirects(cwd: Path | None = None) -> dict[str, str]:
-    """Short name -> Hub id, minus names that exist as local directories."""
+    """Short name -> Hub id (or packaged directory), minus names that exist
+    as local directories."""
     cwd = cwd or Path.cwd()
     return {short: repo for short, repo in SHORT_NAMES.items() if not (cwd / short).is_dir()}
 
@@ -69,6 +76,38 @@ def install_redirects() -> None:
     os.environ["VLLM_MODEL_REDIRECT_PATH"] = os.environ[_OURS] = str(path)
 
 
+def install_config_lookup_redirect() -> None:
+    """Make vLLM's first config.json lookup follow the redirect table too.
+
+    vLLM 0.32's EngineArgs.create_engine_config reads the model's
+    config.json (`maybe_override_with_speculators`) *before* ModelConfig
+    applies VLLM_MODEL_REDIRECT_PATH, so a short name reached the Hub as a
+    repo id ("sdar-4b") and failed. The wrapper looks up the redirected
+    target and, unless a speculators config replaced the model, hands back
+    the name as given, so ModelConfig still derives the served model name
+    from it and redirects it itself. (patches/README.md, 9)
+    """
+    from vllm.engine import arg_utils
+    from vllm.transformers_utils.utils import maybe_model_redirect
+
+    original = arg_utils.maybe_override_with_speculators
+    if getattr(original, "_sdar_redirects", False):
+        return
+
+    def lookup(model: str, tokenizer: str | None, *args: Any, **kwargs: Any) -> Any:
+        target = maybe_model_redirect(model)
+        if target == model:
+            return original(model, tokenizer, *args, **kwargs)
+        new_tokenizer = maybe_model_redirect(tokenizer) if tokenizer else tokenizer
+        resolved = original(target, new_tokenizer, *args, **kwargs)
+        if resolved[0] == target and resolved[1] == new_tokenizer:
+            return (model, tokenizer, resolved[2])
+        return resolved
+
+    lookup._sdar_redirects = True  # type: ignore[attr-defined]
+    arg_utils.maybe_override_with_speculators = lookup
+
+
 def _serve_model_arg(argv: list[str]) -> str | None:
     """The model of a `vllm serve ...` command line, if this is one."""
     if len(argv) < 2 or Path(argv[0]).name != "vllm" or argv[1] != "serve":
@@ -86,6 +125,8 @@ def _locate(repo: str) -> str | None:
     """Where `repo` is available without a download, or None."""
     from huggingface_hub import snapshot_download
 
+    if Path(repo).is_dir():
+        return repo
     try:
         return snapshot_download(repo, local_files_only=True)
     except Exception:
