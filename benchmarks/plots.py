@@ -112,7 +112,12 @@ def tpf_plot(results: dict[str, Any], out_dir: Path, stem: str) -> Path:
     ax.set_xlabel("confidence threshold")
     ax.set_ylabel("tokens per denoising forward")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    # One legend for both axes, placed where neither curve runs.
+    handles, labels = ax.get_legend_handles_labels()
+    if rows:
+        more = acc.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=7, loc="center left")
     fig.tight_layout()
     path = out_dir / f"{stem}-tpf-threshold.png"
     fig.savefig(path, dpi=110)
