@@ -39,7 +39,7 @@ def test_inherited_table_is_rewritten_for_this_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("VLLM_MODEL_REDIRECT_PATH", raising=False)
-    monkeypatch.delenv("VLLM_SDAR_REDIRECT_PATH", raising=False)
+    monkeypatch.delenv("SDAR_PLUGIN_REDIRECT_TABLE", raising=False)
     names.install_redirects()  # as in a parent process, from another cwd
     (tmp_path / "sdar-4b").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -58,7 +58,9 @@ def redirects(cwd: Path | None = None) -> dict[str, str]:
     return {short: repo for short, repo in SHORT_NAMES.items() if not (cwd / short).is_dir()}
 
 
-_OURS = "VLLM_SDAR_REDIRECT_PATH"  # marks a redirect table this plugin wrote
+# Marks a redirect table this plugin wrote. Not VLLM_-prefixed: vLLM warns
+# about every unknown VLLM_* variable.
+_OURS = "SDAR_PLUGIN_REDIRECT_TABLE"
 
 
 def install_redirects() -> None:
