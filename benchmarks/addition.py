@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -27,30 +26,28 @@ MAX_TOKENS = 8  # longest answer (4 digits for 3-digit operands) + EOS, with roo
 
 
 def available(path: Path = ADDITION_MODEL) -> bool:
-    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+    # eval.json says which problems were held out (python -m vllm_sdar.convert.toy).
+    files = ("config.json", "eval.json")
+    return all((path / f).exists() for f in files) and any(path.glob("*.safetensors"))
 
 
-def problems(n: int) -> list[tuple[str, str]]:
-    """(problem, answer) pairs: the toy's held-out test split when importable."""
-    try:
-        from vllm_sdar.convert.addition import make_splits
+def problems(n: int, path: Path = ADDITION_MODEL) -> list[tuple[str, str]]:
+    """(problem, answer) pairs: the first n of the model's held-out test split.
 
-        # The test split is drawn first from the seed, so its first n items
-        # do not depend on n or n_train: these are the model's held-out problems.
-        _, test = make_splits(0, n, 3, 0)
-        return [(p.prompt, p.answer) for p in test]
-    except Exception:  # the converter package changed or is absent
-        rng = random.Random(0)
-        pairs = [(rng.randint(0, 999), rng.randint(0, 999)) for _ in range(n)]
-        return [(f"{a}+{b}", str(a + b)) for a, b in pairs]
+    The split is drawn first from the seed (vllm_sdar.convert.addition), so
+    its first n items do not depend on n or on the training set size.
+    """
+    from vllm_sdar.convert.addition import make_splits
+
+    budget = json.loads((path / "eval.json").read_text())["budget"]
+    _, test = make_splits(0, n, budget["max_digits"], budget["seed"])
+    return [(p.prompt, p.answer) for p in test]
 
 
 def render(tokenizer: Any, problem: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
-        )
-    return problem + "="
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def run(mode: str, path: Path = ADDITION_MODEL) -> dict[str, Any]:
@@ -63,7 +60,7 @@ def run(mode: str, path: Path = ADDITION_MODEL) -> dict[str, Any]:
     from benchmarks.engine import EngineSpec, sampling_params, shutdown, start, timed_generate
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    pairs = problems(suite_.addition_problems)
+    pairs = problems(suite_.addition_problems, path)
     prompts = [render(tokenizer, p) for p, _ in pairs]
     began = time.perf_counter()
     llm = start(path, EngineSpec("sdar", None, 256, max_num_seqs=len(prompts)), "")
