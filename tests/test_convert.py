@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from vllm_sdar.config import SdarOptions, register_hf_configs
 from vllm_sdar.convert import addition
@@ -56,9 +63,16 @@ def test_two_stream_mask_hides_padding() -> None:
     assert mask[12, 8:14].all()  # real clean query in block 1 keeps its keys
 
 
-def _tiny_qwen3(path: Path, vocab_size: int, tie: bool = False, seed: int = 0) -> Path:
+def _tiny_qwen3(
+    path: Path, vocab_size: int, tie: bool = False, seed: int = 0, moe: bool = False
+) -> Path:
     torch.manual_seed(seed)
-    config = Qwen3Config(
+    config_cls, model_cls = (
+        (Qwen3MoeConfig, Qwen3MoeForCausalLM) if moe else (Qwen3Config, Qwen3ForCausalLM)
+    )
+    extra = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16) if moe else {}
+    config = config_cls(
+        **extra,
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -70,8 +84,8 @@ def _tiny_qwen3(path: Path, vocab_size: int, tie: bool = False, seed: int = 0) -
         rope_theta=1_000_000,
         tie_word_embeddings=tie,
     )
-    config.architectures = ["Qwen3ForCausalLM"]
-    model = Qwen3ForCausalLM(config)
+    config.architectures = [model_cls.__name__]
+    model = model_cls(config)
     with torch.no_grad():  # a wide lm_head: distinct, non-flat logits
         model.lm_head.weight.normal_(0, 1.0)
     model.save_pretrained(path)
@@ -196,6 +210,26 @@ def test_weights_transfer_one_to_one(tmp_path: Path, tie: bool) -> None:
         got = converted.model.eval()(ids, 0, None, 1)
     assert torch.allclose(got, expect, atol=1e-5)
     assert not converted.model.config.tie_word_embeddings
+
+
+def test_moe_source_converts_to_sdar_moe(tmp_path: Path, dataset: Path) -> None:
+    """Qwen3-MoE -> SDARMoeForCausalLM: the per-expert checkpoint tensors move
+    over 1:1 (same logits at block size 1), and the objective trains it."""
+    src = _tiny_qwen3(tmp_path / "src", vocab_size=24, moe=True)
+    converted = from_qwen3(src, block_size=1)
+    assert converted.model.config.model_type == "sdar_moe"
+    qwen = Qwen3MoeForCausalLM.from_pretrained(src).eval()
+    ids = torch.tensor([[1, 10, 2, 11, 3, 5, 7]])
+    with torch.no_grad():
+        expect = qwen(input_ids=ids).logits
+        got = converted.model.eval()(ids, 0, None, 1)
+    assert torch.allclose(got, expect, atol=1e-5)
+    out = convert(_config(src, dataset, tmp_path / "sdar", steps=2, save_every=2))
+    config = AutoConfig.from_pretrained(out)
+    assert config.architectures == ["SDARMoeForCausalLM"] and config.num_experts == 4
+    ref = ReferenceDecoder(out)
+    result = ref.generate_one([1, 10, 2, 11], Request(max_tokens=5, ignore_eos=True))
+    assert len(result.token_ids) == 5
 
 
 def _config(qwen3_dir: Path, data: Path, out: Path, **kw) -> ConvertConfig:

@@ -1,10 +1,10 @@
-"""Paradigm conversion: turn a Qwen3 causal LM into an SDAR block-diffusion LM.
+"""Paradigm conversion: turn a Qwen3 (dense or MoE) causal LM into an SDAR block-diffusion LM.
 
     python -m vllm_sdar.convert --model Qwen3-DIR --data train.jsonl --out OUT \\
         --block-size 4 --steps 2000 --batch-size 32 --lr 1e-5
 
 Modules, one job each:
-- source.py: load the Qwen3 checkpoint as SDARForCausalLM (same tensor names,
+- source.py: load the Qwen3 / Qwen3-MoE checkpoint as SDAR(Moe)ForCausalLM (same tensor names,
   1:1), add `<|MASK|>` to the tokenizer, untie the lm_head;
 - data.py: JSONL records -> token ids + which tokens are trained (assistant
   turns of chat records, the completion of prompt/completion records, all

@@ -12,7 +12,7 @@ import torch
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
 
 HELP = {
-    "model": "Qwen3ForCausalLM checkpoint directory (HF format)",
+    "model": "Qwen3ForCausalLM or Qwen3MoeForCausalLM checkpoint directory (HF format)",
     "data": "JSONL: {'messages': [...]}, {'prompt','completion'} or {'text'} per line",
     "out": "output directory: the SDAR release, plus checkpoint-*/ while training",
     "steps": "optimizer steps in total (a resumed run counts from its checkpoint)",

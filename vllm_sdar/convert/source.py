@@ -1,13 +1,18 @@
-"""Turn a Qwen3 causal-LM checkpoint into an (untrained) SDAR model.
+"""Turn a Qwen3 (dense or MoE) causal-LM checkpoint into an untrained SDAR model.
 
 SDAR is Qwen3 with a different attention mask and no logit shift, and
-`vllm_sdar.hf_model.SDARForCausalLM` uses Qwen3ForCausalLM's parameter
-names, so the weights move over 1:1 (loaded strictly: a renamed or missing
-tensor is an error, not a silently random layer). What changes:
+`vllm_sdar.hf_model` uses the Qwen3 / Qwen3-MoE checkpoint names, so the
+tensors are read straight from the source's safetensors files and move over
+1:1 (loaded strictly: a renamed or missing tensor is an error, not a
+silently random layer). Reading the files rather than a loaded
+Qwen3MoeForCausalLM matters: transformers 5 fuses the experts in memory
+(`experts.gate_up_proj`) while checkpoints keep one tensor per expert.
+What changes:
 
-- the config becomes an SDARConfig (model_type "sdar") carrying block_size
-  and mask_token_id, with the lm_head untied (SDAR's is; a tied source
-  gets an lm_head copied from its embedding);
+- the config becomes an SDARConfig / SDARMoeConfig (model_type "sdar" /
+  "sdar_moe") carrying block_size and mask_token_id, with the lm_head
+  untied (SDAR's is; a tied source gets an lm_head copied from its
+  embedding);
 - the tokenizer gets `<|MASK|>` as its mask token if it has none; the mask
   id takes the tokenizer's next free id, and the embedding and lm_head grow
   only when that id is past the (often padded) vocabulary.
@@ -20,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen3ForCausalLM
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from vllm_sdar.config import SDARConfig
-from vllm_sdar.hf_model import SDARForCausalLM
+from vllm_sdar.config import SDARConfig, SDARMoeConfig
+from vllm_sdar.hf_model import SDARForCausalLM, model_class_for
 
 MASK_TOKEN = "<|MASK|>"
 # New vocabulary rows are padded to a multiple of this (tensor-parallel
@@ -54,7 +60,17 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, extra], 0)
 
 
-def sdar_config_from_qwen3(qwen3_config: Any, block_size: int, mask_id: int) -> SDARConfig:
+# Source model_type -> (SDAR config class, architecture).
+TARGETS: dict[str, tuple[type[SDARConfig], str]] = {
+    "qwen3": (SDARConfig, "SDARForCausalLM"),
+    "qwen3_moe": (SDARMoeConfig, "SDARMoeForCausalLM"),
+}
+
+
+def sdar_config_from_qwen3(
+    qwen3_config: Any, block_size: int, mask_id: int
+) -> SDARConfig | SDARMoeConfig:
+    config_cls, architecture = TARGETS[qwen3_config.model_type]
     fields = qwen3_config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version"):
         fields.pop(key, None)
@@ -66,8 +82,8 @@ def sdar_config_from_qwen3(qwen3_config: Any, block_size: int, mask_id: int) -> 
             qwen3_config.vocab_size, -(-(mask_id + 1) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
         ),
     )
-    config = SDARConfig(**fields)
-    config.architectures = ["SDARForCausalLM"]
+    config = config_cls(**fields)
+    config.architectures = [architecture]
     return config
 
 
@@ -87,33 +103,43 @@ def load_generation_config(model_dir: str | Path, config: Any, tokenizer: Any) -
     return gen
 
 
+def checkpoint_tensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint's safetensors files (one or sharded)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_dir}: no *.safetensors files")
+    state: dict[str, torch.Tensor] = {}
+    for shard in files:
+        state.update(load_file(shard))
+    return state
+
+
 def from_qwen3(
     model_dir: str | Path,
     block_size: int,
     mask_token: str = MASK_TOKEN,
     dtype: torch.dtype = torch.float32,
 ) -> Converted:
-    """Load a Qwen3ForCausalLM checkpoint as an SDARForCausalLM (same weights)."""
+    """Load a Qwen3 / Qwen3-MoE checkpoint as an SDAR model (same weights)."""
     source_config = AutoConfig.from_pretrained(model_dir)
-    if source_config.model_type != "qwen3":
+    if source_config.model_type not in TARGETS:
         raise ValueError(
-            f"{model_dir}: expected a Qwen3 causal LM (model_type qwen3), "
+            f"{model_dir}: expected a Qwen3 causal LM (model_type {' or '.join(TARGETS)}), "
             f"got {source_config.model_type!r}"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     mask_id = add_mask_token(tokenizer, mask_token)
-    source = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    state = checkpoint_tensors(model_dir)
     if "lm_head.weight" not in state or source_config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    del source
+    state = {k: v.to(dtype) for k, v in state.items()}
 
     config = sdar_config_from_qwen3(source_config, block_size, mask_id)
     config.dtype = dtype
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
         if state[key].shape[0] < config.vocab_size:
             state[key] = _grow_rows(state[key], config.vocab_size)
-    model = SDARForCausalLM(config).to(dtype)
+    model = model_class_for(config)(config).to(dtype)
     model.load_state_dict(state, strict=True)
     generation_config = load_generation_config(model_dir, source_config, tokenizer)
     return Converted(model, tokenizer, generation_config, mask_id)

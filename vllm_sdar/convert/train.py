@@ -38,7 +38,7 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    model: str  # Qwen3ForCausalLM checkpoint (HF format)
+    model: str  # Qwen3ForCausalLM / Qwen3MoeForCausalLM checkpoint (HF format)
     data: str  # JSONL training records
     out: str
     block_size: int = 4
