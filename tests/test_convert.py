@@ -26,7 +26,7 @@ from vllm_sdar.convert import addition
 from vllm_sdar.convert.__main__ import main as cli_main
 from vllm_sdar.convert.data import Example, collate, tokenize_record
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
-from vllm_sdar.convert.objective import add_noise, hidden_states, two_stream_mask
+from vllm_sdar.convert.objective import add_noise, hidden_states, sdar_loss, two_stream_mask
 from vllm_sdar.convert.source import from_qwen3
 from vllm_sdar.convert.toy import DEFAULT_OUT, Budget
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
@@ -136,6 +136,27 @@ def test_noise_masks_only_trainable_and_every_trained_block() -> None:
     assert again.masked.equal(noised.masked)
     # t is per block and the masking rate follows it: heavy noise, many masks.
     assert noised.t.view(64, 3, 4).unique(dim=-1).shape[-1] == 1
+
+
+def test_weightings_agree_when_every_token_is_masked(qwen3_dir: Path) -> None:
+    """At t = 1 every answer token is masked and 1/t = 1, so the ELBO
+    (sum CE / t over the trainable count) and the uniform mean coincide; at
+    low noise they differ (ELBO scales the few masked tokens by 1/t)."""
+    model = from_qwen3(qwen3_dir, block_size=4).model
+    mask_id = model.config.mask_token_id
+    tok = addition.build_tokenizer()
+    problems, _ = addition.make_splits(8, 0, 3, seed=2)
+    batch = collate([tokenize_record(p.record(), tok) for p in problems], 4, 14, 14)
+
+    def loss(weighting: str, eps: float) -> float:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            return sdar_loss(model, batch, 4, mask_id, gen, eps=eps, weighting=weighting).item()
+
+    assert loss("elbo", 1 - 1e-6) == pytest.approx(loss("uniform", 1 - 1e-6), rel=1e-4)
+    assert loss("elbo", 0.05) != pytest.approx(loss("uniform", 0.05), rel=1e-2)
+    with pytest.raises(ValueError, match="weighting"):
+        loss("1/t", 0.5)
 
 
 # -------------------------------------------------------------------- the data
