@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks import env
 from benchmarks.config import suite
 from benchmarks.models import checkpoint
+from vllm_sdar.server_process import cli, metric_totals, serve, server_env
 
 SERVED_NAME = "bench-sdar"
 COUNTERS = ("vllm:sdar_denoising_forwards_total", "vllm:sdar_committed_tokens_total")
@@ -38,47 +35,9 @@ COUNTERS = ("vllm:sdar_denoising_forwards_total", "vllm:sdar_committed_tokens_to
 RESULT_KEYS = re.compile(r"(ttft|tpot|itl|e2el)_ms$|throughput|^duration$|^completed$|^total_")
 
 
-def _cli() -> str:
-    return str(Path(sys.executable).parent / "vllm-sdar")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs as users run it
-    e["HF_HUB_OFFLINE"] = "1"
-    return e
-
-
 def read_counters(base: str) -> dict[str, float]:
-    """Sum each SDAR counter over its label sets (model, engine)."""
-    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    return totals
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited:\n" + log.read_text()[-3000:])
-        try:
-            if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("server not healthy:\n" + log.read_text()[-3000:])
-        time.sleep(1)
+    """Each SDAR counter, summed over its label sets (model, engine)."""
+    return metric_totals(base, COUNTERS)
 
 
 def run(mode: str) -> dict[str, Any]:
@@ -87,15 +46,10 @@ def run(mode: str) -> dict[str, Any]:
         return {"skipped": "no serving plan in this mode"}
     path = checkpoint(plan.model)
     work = Path(tempfile.mkdtemp(prefix="sdar-bench-serve-"))
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     max_len = math.ceil((plan.input_len * 2 + plan.output_len + 2 * plan.block_size) / 128) * 128
-    log_path = work / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 (lives as long as the server)
-    cmd = [
-        _cli(), "serve", str(path),
+    args = [
+        str(path),
         "--served-model-name", SERVED_NAME,
-        "--port", str(port),
         "--dtype", "float32",
         "--max-model-len", str(max_len),
         "--gpu-memory-utilization", "0.5",
@@ -104,9 +58,8 @@ def run(mode: str) -> dict[str, Any]:
         "--max-num-batched-tokens", "8192",
         "--hf-overrides", json.dumps({"block_size": plan.block_size}),
     ]  # fmt: skip
-    env.log(f"serving: starting {' '.join(cmd[1:4])} (B={plan.block_size})")
+    env.log(f"serving: starting serve {path} (B={plan.block_size})")
     began = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=work, env=_server_env(), stdout=log, stderr=subprocess.STDOUT)
     out: dict[str, Any] = {
         "model": plan.model.name,
         "block_size": plan.block_size,
@@ -117,15 +70,14 @@ def run(mode: str) -> dict[str, Any]:
         "output_len": plan.output_len,
         "rates": [],
     }
-    try:
-        _wait_healthy(base, proc, log_path)
+    with serve(args, work, timeout=900) as base:
         out["startup_s"] = round(time.perf_counter() - began, 1)
         for rate in plan.rates:
             env.log(f"serving: request rate {rate} ({plan.num_prompts} prompts)")
             before = read_counters(base)
             result_file = f"rate-{rate}.json"
             client = [
-                _cli(), "bench", "serve",
+                cli(), "bench", "serve",
                 "--backend", "openai",
                 "--base-url", base,
                 "--endpoint", "/v1/completions",
@@ -148,7 +100,7 @@ def run(mode: str) -> dict[str, Any]:
                 "--disable-tqdm",
             ]  # fmt: skip
             done = subprocess.run(
-                client, cwd=work, env=_server_env(), capture_output=True, text=True, timeout=1800
+                client, cwd=work, env=server_env(), capture_output=True, text=True, timeout=1800
             )
             if done.returncode != 0:
                 raise RuntimeError(
@@ -171,13 +123,6 @@ def run(mode: str) -> dict[str, Any]:
                 f"TTFT mean {row.get('mean_ttft_ms', 0):.0f} ms, TPF {row['tpf']}"
             )
             out["rates"].append(row)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     return out
 
 

@@ -9,13 +9,9 @@ defaults are set at serve time with --hf-overrides.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,75 +24,27 @@ import pytest
 from vllm_sdar.config import SdarOptions
 from vllm_sdar.decoding import Sampling
 from vllm_sdar.reference import ReferenceDecoder, Request
+from vllm_sdar.server_process import cli, metric_totals, serve, server_env
 
 MODEL = "sdar-4b"
 DEPLOY_THRESHOLD = 0.25  # --hf-overrides default, visible in outputs (see test_engine_dense)
 B = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs as users run it
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("serve")
     shutil.copytree(tiny_dense, workdir / MODEL)
-    port = _free_port()
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "vllm-sdar"),
-            "serve",
-            MODEL,
-            "--port",
-            str(port),
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            "512",
-            "--gpu-memory-utilization",
-            "0.5",
-            "--enforce-eager",
-            "--hf-overrides",
-            f'{{"confidence_threshold": {DEPLOY_THRESHOLD}}}',
-        ],
-        cwd=workdir,
-        env=_server_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((workdir / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError((workdir / "server.log").read_text()[-3000:])
-            time.sleep(1)
+    args = [
+        MODEL,
+        "--dtype", "float32",
+        "--max-model-len", "512",
+        "--gpu-memory-utilization", "0.5",
+        "--enforce-eager",
+        "--hf-overrides", f'{{"confidence_threshold": {DEPLOY_THRESHOLD}}}',
+    ]  # fmt: skip
+    with serve(args, workdir, timeout=300) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +212,7 @@ def test_invalid_request_is_400_and_server_keeps_serving(
 
 
 def _metric(base: str, name: str) -> float:
-    text = httpx.get(base + "/metrics", timeout=10).text
-    values = [
-        float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-    ]
-    return sum(values)
+    return metric_totals(base, [name])[name]
 
 
 def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
@@ -328,9 +272,9 @@ def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.Ope
 
 def test_offline_short_name_fails_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "vllm-sdar"), "serve", "sdar-8b"],
+        [cli(), "serve", "sdar-8b"],
         cwd=tmp_path,
-        env=_server_env(),
+        env=server_env(),
         capture_output=True,
         text=True,
         timeout=180,
