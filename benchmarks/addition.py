@@ -32,16 +32,10 @@ def available(path: Path = ADDITION_MODEL) -> bool:
 
 
 def problems(n: int, path: Path = ADDITION_MODEL) -> list[tuple[str, str]]:
-    """(problem, answer) pairs: the first n of the model's held-out test split.
+    """(problem, answer) pairs: the first n of the model's held-out test split."""
+    from vllm_sdar.convert.toy import held_out
 
-    The split is drawn first from the seed (vllm_sdar.convert.addition), so
-    its first n items do not depend on n or on the training set size.
-    """
-    from vllm_sdar.convert.addition import make_splits
-
-    budget = json.loads((path / "eval.json").read_text())["budget"]
-    _, test = make_splits(0, n, budget["max_digits"], budget["seed"])
-    return [(p.prompt, p.answer) for p in test]
+    return [(p.prompt, p.answer) for p in held_out(n, path)]
 
 
 def render(tokenizer: Any, problem: str) -> str:

@@ -28,7 +28,7 @@ from vllm_sdar.convert.data import Example, collate, tokenize_record
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
 from vllm_sdar.convert.objective import add_noise, hidden_states, sdar_loss, two_stream_mask
 from vllm_sdar.convert.source import from_qwen3
-from vllm_sdar.convert.toy import DEFAULT_OUT, Budget
+from vllm_sdar.convert.toy import DEFAULT_OUT, Budget, held_out
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
 from vllm_sdar.reference import ReferenceDecoder, Request
 from vllm_sdar.tiny import ASSETS as SDAR_TOKENIZER
@@ -216,20 +216,24 @@ def test_collate_fills_answer_block_with_trained_eos() -> None:
 # ------------------------------------------------------- weights and the format
 
 
+def _assert_same_logits(source: torch.nn.Module, sdar: torch.nn.Module) -> None:
+    """At block size 1 the block-causal mask is the causal mask, so the SDAR
+    model must reproduce the source's logits exactly (no shift on either side)."""
+    ids = torch.tensor([[1, 10, 2, 11, 3, 5, 7]])
+    with torch.no_grad():
+        expect = source.eval()(input_ids=ids).logits
+        got = sdar.eval()(ids, 0, None, 1)
+    assert torch.allclose(got, expect, atol=1e-5)
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_weights_transfer_one_to_one(tmp_path: Path, tie: bool) -> None:
-    """At block size 1 the block-causal mask is the causal mask, so the SDAR
-    model must reproduce the Qwen3 logits exactly (no shift on either side)."""
+    """Same logits as the Qwen3 source at block size 1, tied or not."""
     src = _tiny_qwen3(tmp_path, vocab_size=24, tie=tie)
     converted = from_qwen3(src, block_size=1)
     assert converted.mask_id == 16  # next free id, inside the padded vocabulary
     assert converted.model.config.vocab_size == 24  # no growth needed
-    qwen = Qwen3ForCausalLM.from_pretrained(src).eval()
-    ids = torch.tensor([[1, 10, 2, 11, 3, 5, 7]])
-    with torch.no_grad():
-        expect = qwen(input_ids=ids).logits
-        got = converted.model.eval()(ids, 0, None, 1)
-    assert torch.allclose(got, expect, atol=1e-5)
+    _assert_same_logits(Qwen3ForCausalLM.from_pretrained(src), converted.model)
     assert not converted.model.config.tie_word_embeddings
 
 
@@ -239,12 +243,7 @@ def test_moe_source_converts_to_sdar_moe(tmp_path: Path, dataset: Path) -> None:
     src = _tiny_qwen3(tmp_path / "src", vocab_size=24, moe=True)
     converted = from_qwen3(src, block_size=1)
     assert converted.model.config.model_type == "sdar_moe"
-    qwen = Qwen3MoeForCausalLM.from_pretrained(src).eval()
-    ids = torch.tensor([[1, 10, 2, 11, 3, 5, 7]])
-    with torch.no_grad():
-        expect = qwen(input_ids=ids).logits
-        got = converted.model.eval()(ids, 0, None, 1)
-    assert torch.allclose(got, expect, atol=1e-5)
+    _assert_same_logits(Qwen3MoeForCausalLM.from_pretrained(src), converted.model)
     out = convert(_config(src, dataset, tmp_path / "sdar", steps=2, save_every=2))
     config = AutoConfig.from_pretrained(out)
     assert config.architectures == ["SDARMoeForCausalLM"] and config.num_experts == 4
@@ -381,9 +380,7 @@ def test_shipped_model_is_small_and_complete() -> None:
 def test_shipped_model_adds_held_out_problems(shipped: ReferenceDecoder) -> None:
     budget = json.loads((DEFAULT_OUT / "eval.json").read_text())["budget"]
     assert budget["max_digits"] == Budget().max_digits
-    # The test split is drawn first, independent of n_train: these problems
-    # were never trained on.
-    _, test = addition.make_splits(0, 40, budget["max_digits"], budget["seed"])
+    test = held_out(40)
     tok = shipped.tokenizer
     request = Request(max_tokens=8)  # greedy, default low_confidence_dynamic
     results = [shipped.generate_one(prompt_ids(tok, p), request) for p in test]

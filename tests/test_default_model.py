@@ -8,14 +8,13 @@ from its training, and token for token what the reference decoder gives.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
-from vllm_sdar.convert.toy import DEFAULT_OUT
+from vllm_sdar.convert.toy import DEFAULT_OUT, held_out
 from vllm_sdar.reference import ReferenceDecoder
 
 from .engine_helpers import assert_matches_reference, denoise_forwards, params, sdar_llm
@@ -24,11 +23,8 @@ N_PROBLEMS = 60
 
 
 @pytest.fixture(scope="module")
-def held_out() -> list[addition.Problem]:
-    budget = json.loads((DEFAULT_OUT / "eval.json").read_text())["budget"]
-    # The test split is drawn before the training split and excluded from it.
-    _, test = addition.make_splits(0, N_PROBLEMS, budget["max_digits"], budget["seed"])
-    return test
+def problems() -> list[addition.Problem]:
+    return held_out(N_PROBLEMS)
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +39,19 @@ def llm():
 
 
 def test_engine_solves_held_out_problems_like_the_reference(
-    llm, held_out: list[addition.Problem]
+    llm, problems: list[addition.Problem]
 ) -> None:
     ref = ReferenceDecoder(DEFAULT_OUT)
     tok = ref.tokenizer
-    prompts = [prompt_ids(tok, p) for p in held_out]
+    prompts = [prompt_ids(tok, p) for p in problems]
     dynamic = params(8, remasking_strategy="low_confidence_dynamic", confidence_threshold=0.9)
     static = params(8, remasking_strategy="low_confidence_static")
     for p in (dynamic, static):
         outs = assert_matches_reference(llm, ref, prompts, p)
         correct = sum(
-            answer_ok(tok, prob, out.token_ids, ref.eos_ids) for prob, out in zip(held_out, outs)
+            answer_ok(tok, prob, out.token_ids, ref.eos_ids) for prob, out in zip(problems, outs)
         )
-        assert correct >= 0.9 * len(held_out), f"{p.extra_args}: {correct}/{len(held_out)}"
+        assert correct >= 0.9 * len(problems), f"{p.extra_args}: {correct}/{len(problems)}"
         tokens = sum(len(o.token_ids) for o in outs)
         forwards = sum(denoise_forwards(o) for o in outs)
         if p is dynamic:
@@ -64,18 +60,18 @@ def test_engine_solves_held_out_problems_like_the_reference(
             assert tokens / forwards <= 1.0, (tokens, forwards)
 
 
-def test_chat_template_path(llm, held_out: list[addition.Problem]) -> None:
+def test_chat_template_path(llm, problems: list[addition.Problem]) -> None:
     """llm.chat renders the shipped template ("12+30" -> "12+30=") and gives
     what the token-id path gives; the answers are the sums."""
-    problems = held_out[:20]
+    first = problems[:20]
     chats = llm.chat(
-        [[{"role": "user", "content": p.prompt}] for p in problems], params(8), use_tqdm=False
+        [[{"role": "user", "content": p.prompt}] for p in first], params(8), use_tqdm=False
     )
     tok = llm.get_tokenizer()
     direct = llm.generate(
-        [{"prompt_token_ids": prompt_ids(tok, p)} for p in problems], params(8), use_tqdm=False
+        [{"prompt_token_ids": prompt_ids(tok, p)} for p in first], params(8), use_tqdm=False
     )
     assert [c.outputs[0].token_ids for c in chats] == [d.outputs[0].token_ids for d in direct]
-    right = sum(c.outputs[0].text == p.answer for c, p in zip(chats, problems))
-    assert right >= 18, [(p.prompt, c.outputs[0].text) for c, p in zip(chats, problems)]
+    right = sum(c.outputs[0].text == p.answer for c, p in zip(chats, first))
+    assert right >= 18, [(p.prompt, c.outputs[0].text) for c, p in zip(chats, first)]
     assert all(c.outputs[0].finish_reason == "stop" for c in chats)

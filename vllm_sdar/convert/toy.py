@@ -159,6 +159,18 @@ def run(budget: Budget, out: Path, work: Path) -> dict:
     return report
 
 
+def held_out(n: int, model_dir: Path = DEFAULT_OUT) -> list[addition.Problem]:
+    """The first n held-out test problems of a model this module built.
+
+    The test split is drawn first from the seed recorded in its eval.json
+    and excluded from training, so its first n items do not depend on n or
+    on the training set size: none of them was ever trained on.
+    """
+    budget = json.loads((model_dir / "eval.json").read_text())["budget"]
+    _, test = addition.make_splits(0, n, budget["max_digits"], budget["seed"])
+    return test
+
+
 def _ship(model_dir: Path, out: Path, report: dict) -> None:
     """The released files of one SDAR model plus its scores; nothing else
     (no checkpoints, no timings: a rebuild should leave git clean)."""

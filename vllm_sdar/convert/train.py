@@ -24,7 +24,7 @@ from vllm_sdar.convert.checkpoint import (
     save_checkpoint,
     save_release,
 )
-from vllm_sdar.convert.data import collate, load_examples
+from vllm_sdar.convert.data import batch_order, collate, load_examples
 from vllm_sdar.convert.objective import WEIGHTINGS, sdar_loss
 from vllm_sdar.convert.source import MASK_TOKEN, from_qwen3
 
@@ -99,8 +99,6 @@ def _settings(cfg: ConvertConfig) -> dict:
 
 def convert(cfg: ConvertConfig, resume: bool = False) -> Path:
     """Train the SDAR objective from cfg.model; write the release to cfg.out."""
-    from vllm_sdar.convert.data import batch_order
-
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
