@@ -1,34 +1,18 @@
 """Offline batch generation with SDAR in vLLM: `python examples/offline.py [model]`.
 
 Without an argument it uses the project's default model, as scripts/serve.sh
-does: the trained `vllm_sdar/assets/sdar-addition` when present, else a tiny
-random-weight SDAR checkpoint built into models/tiny-sdar.
+does: `sdar-addition`, the trained toy model shipped inside the package.
 """
 
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from vllm import LLM, SamplingParams  # noqa: E402
 
-from vllm_sdar.tiny import build  # noqa: E402
-
-TRAINED = Path("vllm_sdar/assets/sdar-addition")
-TINY = Path("models/tiny-sdar")
-
-
-def default_model() -> str:
-    if (TRAINED / "config.json").exists():
-        return str(TRAINED)
-    if not (TINY / "model.safetensors").exists():
-        build(TINY)
-    return str(TINY)
-
-
 if __name__ == "__main__":
-    model = sys.argv[1] if len(sys.argv) > 1 else default_model()
+    model = sys.argv[1] if len(sys.argv) > 1 else "sdar-addition"
     # max_model_len: the trained default's own limit is 256 positions.
     llm = LLM(model=model, dtype="float32", gpu_memory_utilization=0.5, max_model_len=256)
     prompts = ["12+34=", "123+456=", "999+1=", "905+97="]

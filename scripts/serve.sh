@@ -6,25 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-DEFAULT=vllm_sdar/assets/sdar-addition
-extra=()
 # Keeps the KV cache of a big checkpoint inside this CPU's budget; the
-# trained default's own limit (256 positions) is lower, so it keeps that.
+# default model's own limit (256 positions) is lower, so it keeps that.
 limit=(--max-model-len 1024)
 if [ $# -gt 0 ]; then
   model=$1
   shift
-elif [ -f "$DEFAULT/config.json" ]; then
-  model=sdar-addition  # short name of the copy inside the package
-  limit=()
 else
-  # No trained default in this checkout: a tiny random-weight SDAR model.
-  model=models/tiny-sdar
-  [ -f "$model/model.safetensors" ] || .venv/bin/python -m vllm_sdar.tiny --out "$model"
-  extra=(--served-model-name sdar-tiny)
+  model=sdar-addition  # short name of the trained model inside the package
+  limit=()
 fi
 # CPU build defaults that fit these machines (see shared notes: the memory
 # check reads NUMA node 0); override by exporting them.
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 exec .venv/bin/vllm-sdar serve "$model" --dtype float32 "${limit[@]}" \
-  --gpu-memory-utilization 0.5 "${extra[@]}" "$@"
+  --gpu-memory-utilization 0.5 "$@"
