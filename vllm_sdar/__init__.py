@@ -23,6 +23,7 @@ def register() -> None:
         install_config_lookup_redirect,
         install_redirects,
     )
+    from vllm_sdar.validation import install_validation_error_passthrough
 
     register_hf_configs()
     install_redirects()
@@ -38,3 +39,4 @@ def register() -> None:
         if arch not in supported:
             ModelRegistry.register_model(arch, f"vllm_sdar.models:{arch}")
     register_config_hook()
+    install_validation_error_passthrough()

@@ -1,11 +1,11 @@
 """Per-request validation at admission (front-end process), before the engine.
 
 vLLM runs every configured logits processor's `validate_params` on each
-request in the front end (`InputProcessor`), turning errors into a
-`VLLMValidationError`: offline `generate()` raises it, the OpenAI server
-answers HTTP 400. The plugin adds `SdarRequestValidator` to the model's
-logits processors for SDAR models; it never touches logits (the SDAR runner
-does not run vLLM's sampler).
+request in the front end (`InputProcessor`): offline `generate()` raises
+the error (here an `SdarOptionError`, a ValueError naming the parameter),
+the OpenAI server answers HTTP 400. The plugin adds `SdarRequestValidator`
+to the model's logits processors for SDAR models; it never touches logits
+(the SDAR runner does not run vLLM's sampler).
 """
 
 from __future__ import annotations
@@ -29,14 +29,43 @@ def set_deployment(deployment: SdarDeployment) -> None:
     _deployment = deployment
 
 
-class SdarOptionError(VLLMValidationError):
-    """A bad SDAR request option, naming the parameter.
+class SdarOptionError(VLLMValidationError, ValueError):
+    """A bad SDAR request option, naming the parameter (`.parameter`).
 
-    Deliberately not a ValueError: vLLM re-wraps ValueErrors from this hook
-    into a bare VLLMValidationError, losing the class and `.parameter`.
-    VLLMValidationError is what vLLM 0.32 raises for every invalid sampling
-    parameter offline (e.g. temperature=-1) and maps to HTTP 400 online.
+    A ValueError, as offline users expect of bad input, and a
+    VLLMValidationError, which vLLM 0.32 raises for every invalid sampling
+    parameter (e.g. temperature=-1) and its server answers with HTTP 400
+    naming the parameter.
     """
+
+
+def install_validation_error_passthrough() -> None:
+    """Let an SdarOptionError leave the validate_params hook unchanged.
+
+    vLLM re-wraps any ValueError raised by a logits processor's
+    `validate_params` into a bare VLLMValidationError (for legacy
+    processors), which would drop the ValueError class and `.parameter`.
+    This re-raises the original when it already was a VLLMValidationError.
+    Patch 12 in patches/README.md. The front end binds the function when
+    its InputProcessor is built, after plugins load, so the module
+    attribute is the one place to wrap. Idempotent.
+    """
+    from vllm.v1.sample import logits_processor
+
+    original = logits_processor.validate_logits_processors_parameters
+    if getattr(original, "_sdar_passthrough", False):
+        return
+
+    def validate(logits_processors: Any, sampling_params: SamplingParams) -> None:
+        try:
+            original(logits_processors, sampling_params)
+        except VLLMValidationError as err:
+            if isinstance(err.__cause__, VLLMValidationError):
+                raise err.__cause__ from None
+            raise
+
+    validate._sdar_passthrough = True  # type: ignore[attr-defined]
+    logits_processor.validate_logits_processors_parameters = validate
 
 
 def _reject(parameter: str, message: str) -> None:
