@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vllm.exceptions import VLLMValidationError
 
 from vllm_sdar.reference import ReferenceDecoder
 
-from .engine_helpers import assert_matches_reference, params, prompt_of, scheduler_of, sdar_llm
+from .engine_helpers import (
+    assert_matches_reference,
+    generate_ids,
+    params,
+    prompt_of,
+    scheduler_of,
+    sdar_llm,
+)
 
 
 def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[Any]]:
@@ -104,6 +112,30 @@ def test_preemption_and_chunked_prefill(tiny_dense: Path) -> None:
         scheduler._preempt_request = spy
         assert_matches_reference(llm, ref, prompts, ps)
     assert preempted, "the workload was meant to overflow the KV cache"
+
+
+def test_context_end_inside_a_block(tiny_dense: Path) -> None:
+    """max_model_len 510 with B=4: positions 508-509 cannot hold a whole block.
+
+    The deployment keeps whole blocks only (508). A prompt whose first block
+    would run past it is refused by vLLM's own length check, naming the
+    limit, and the engine goes on; the others stop at the last whole block.
+    """
+    ref = ReferenceDecoder(tiny_dense)
+    with sdar_llm(tiny_dense, max_model_len=510) as llm:
+        assert llm.llm_engine.vllm_config.model_config.max_model_len == 508
+        for length in (508, 509):
+            with pytest.raises(VLLMValidationError, match="508"):
+                generate_ids(llm, [prompt_of(length)], params(max_tokens=16, ignore_eos=True))
+        prompts = [prompt_of(n) for n in (503, 504, 507)]
+        outs = generate_ids(llm, prompts, params(max_tokens=16, ignore_eos=True))
+        for prompt, out in zip(prompts, outs, strict=True):
+            assert len(prompt) + len(out.token_ids) == 508
+            assert out.finish_reason == "length"
+        # Cut short by the context, the tokens are still the reference's.
+        assert_matches_reference(
+            llm, ref, prompts, [params(max_tokens=len(o.token_ids), ignore_eos=True) for o in outs]
+        )
 
 
 def test_tensor_parallel_2(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:

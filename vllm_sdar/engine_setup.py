@@ -106,6 +106,24 @@ def configure(vllm_config: Any) -> SdarDeployment:
             f"SDAR block size {B}"
         )
 
+    # Positions past the last whole block could only hold a partial block,
+    # which SDAR never decodes (the open block would run past the per-request
+    # token buffers). Rounding down lets vLLM's own admission check reject a
+    # prompt whose first block does not fit, instead of the engine failing.
+    whole_blocks = model_config.max_model_len // B * B
+    if whole_blocks < B:
+        raise ValueError(
+            f"max_model_len {model_config.max_model_len} is below one SDAR block ({B})"
+        )
+    if whole_blocks != model_config.max_model_len:
+        logger.info(
+            "SDAR: max_model_len %d rounded down to %d, a multiple of the block size %d",
+            model_config.max_model_len,
+            whole_blocks,
+            B,
+        )
+        model_config.max_model_len = whole_blocks
+
     processors = list(model_config.logits_processors or [])
     if VALIDATOR not in processors:
         model_config.logits_processors = processors + [VALIDATOR]
