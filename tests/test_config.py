@@ -130,7 +130,10 @@ def test_options_defaults_and_overrides() -> None:
         ({"confidence_threshold": 0.0}, "confidence_threshold"),
         ({"confidence_threshold": 1.5}, "confidence_threshold"),
         ({"confidence_threshold": "high"}, "confidence_threshold"),
+        ({"confidence_threshold": float("nan")}, "confidence_threshold"),
         ({"eb_threshold": -1}, "eb_threshold"),
+        ({"eb_threshold": float("nan")}, "eb_threshold"),
+        ({"denoising_steps": True}, "denoising_steps"),
     ],
 )
 def test_options_rejected_with_parameter_name(extra: dict, param: str) -> None:

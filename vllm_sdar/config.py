@@ -134,7 +134,7 @@ class SdarOptions:
             raise ValueError(
                 f"confidence_threshold must be in (0, 1], got {values['confidence_threshold']}"
             )
-        if values["eb_threshold"] <= 0.0:
+        if not values["eb_threshold"] > 0.0:  # also refuses NaN
             raise ValueError(f"eb_threshold must be > 0, got {values['eb_threshold']}")
         return cls(**values)
 
