@@ -52,6 +52,7 @@ def main() -> int:
                         logits = torch.randn(block, vocab, generator=gen) * 4
                         g1 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
                         g2 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
+                        logits = logits[cpu_tokens == mask_id]  # masked slots only
                         cpu_tokens = denoise_step(
                             cpu_tokens, logits, mask_id, step, den, sampling, g1
                         )

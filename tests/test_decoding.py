@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vllm_sdar.decoding import (
+    NUCLEUS_FIRST_K,
     Denoising,
     Sampling,
     block_causal_mask,
@@ -70,6 +71,25 @@ def test_propose_greedy_confidence_is_unfiltered_softmax() -> None:
     assert (ent > 0).all()
 
 
+def test_propose_entropy_is_the_distributions_entropy() -> None:
+    logits = torch.randn(3, V, generator=torch.Generator().manual_seed(0)) * 3
+    logits[1, :10] = float("-inf")  # impossible tokens contribute nothing
+    for temperature in (0.0, 0.7):
+        sampling = Sampling(temperature=temperature)
+        gen = None if sampling.greedy else torch.Generator().manual_seed(0)
+        _, _, ent = propose(logits, sampling, gen)
+        scaled = logits / (temperature or 1.0)
+        want = torch.distributions.Categorical(logits=scaled).entropy()
+        assert ent is not None and torch.allclose(ent, want, atol=1e-4)
+    assert propose(logits, Sampling(), with_entropy=False)[2] is None
+
+
+def test_propose_greedy_takes_the_first_of_tied_maxima() -> None:
+    logits = torch.zeros(1, V)
+    logits[0, [4, 2, 9]] = 5.0
+    assert propose(logits, Sampling())[0].item() == 2
+
+
 def test_propose_sampled_confidence_uses_temperature_not_filter() -> None:
     logits = logits_for([(3, 0.6)])
     sampling = Sampling(temperature=2.0, top_k=1)
@@ -107,6 +127,23 @@ def test_top_p_filter_keeps_smallest_nucleus() -> None:
     # Top token alone exceeds p: it is always kept.
     out = filter_top_k_top_p(logits, top_k=0, top_p=0.1)
     assert torch.isfinite(out).tolist() == [[True, False, False, False]]
+
+
+def test_top_p_nucleus_search_equals_full_sort() -> None:
+    """Rows whose nucleus fits in the first candidates and rows that need more."""
+    gen = torch.Generator().manual_seed(3)
+    vocab = 20_000
+    peaked = torch.randn(2, vocab, generator=gen) * 6  # nucleus of a few tokens
+    flat = torch.randn(2, vocab, generator=gen) * 0.1  # nucleus of ~90% of the vocab
+    logits = torch.cat([peaked, flat])
+    for top_p in (0.3, 0.9, 0.999):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.exp(sorted_logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+        drop_sorted = torch.cumsum(probs, dim=-1) - probs >= top_p
+        want = ~torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        got = torch.isfinite(filter_top_k_top_p(logits, top_k=0, top_p=top_p))
+        assert torch.equal(got, want), top_p
+        assert got[2:].sum() > NUCLEUS_FIRST_K  # the flat rows needed the full search
 
 
 def test_top_k_then_top_p_order() -> None:
@@ -185,13 +222,20 @@ def test_denoise_step_writes_only_masked_slots() -> None:
     tokens = torch.tensor([7, M, M, M])  # slot 0 is a prompt tail token
     logits = logits_for([(1, 0.99), (11, 0.3), (12, 0.95), (13, 0.5)])
     den = Denoising(block_size=4, steps=4, strategy="low_confidence_dynamic", threshold=0.9)
-    out = denoise_step(tokens, logits, M, 0, den, Sampling())
+    out = denoise_step(tokens, logits[1:], M, 0, den, Sampling())
     assert out.tolist() == [7, M, 12, M]  # slot 0 never changes
+
+
+def test_denoise_step_needs_logits_for_exactly_the_masked_slots() -> None:
+    tokens = torch.tensor([7, M, M, M])
+    den = Denoising(block_size=4, steps=4, strategy="low_confidence_static")
+    with pytest.raises(ValueError, match="3 masked slots but logits for 4 rows"):
+        denoise_step(tokens, logits_for([(1, 0.5)] * 4), M, 0, den, Sampling())
 
 
 def test_denoise_step_quota_caps_at_masked_count() -> None:
     tokens = torch.tensor([7, 8, 9, M])
-    logits = logits_for([(1, 0.5)] * 4)
+    logits = logits_for([(1, 0.5)])
     den = Denoising(block_size=4, steps=1, strategy="low_confidence_static")
     out = denoise_step(tokens, logits, M, 0, den, Sampling())
     assert out.tolist() == [7, 8, 9, 1]
@@ -204,7 +248,8 @@ def test_static_block_finishes_in_exactly_steps() -> None:
         logits = logits_for([(1, 0.4), (2, 0.6), (3, 0.5), (4, 0.3)])
         used = 0
         while (tokens == M).any():
-            tokens = denoise_step(tokens, logits, M, used, den, Sampling())
+            masked = tokens == M
+            tokens = denoise_step(tokens, logits[masked], M, used, den, Sampling())
             used += 1
         assert used == steps
         assert tokens.tolist() == [1, 2, 3, 4]

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+# First candidate count when searching a top-p nucleus (see filter_top_k_top_p).
+NUCLEUS_FIRST_K = 1024
+
 STRATEGIES = (
     "low_confidence_static",
     "low_confidence_dynamic",
@@ -87,14 +90,28 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Probability mass strictly before each token: a token is kept while
-        # the mass before it has not reached top_p, so the top token always is.
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        # The nucleus is found among the k most likely tokens, k growing
+        # until every row's nucleus ends inside them: a trained model's
+        # nucleus is a few hundred tokens, so this avoids sorting ~152k
+        # logits per slot (only a flat distribution needs the full sort).
+        k = min(vocab, NUCLEUS_FIRST_K)
+        while True:
+            if k < vocab:
+                top, order = torch.topk(logits, k, dim=-1)
+            else:
+                top, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.exp(top - lse)
+            # Probability mass strictly before each token: a token is kept
+            # while the mass before it has not reached top_p, so the top
+            # token always is.
+            mass_before = torch.cumsum(probs, dim=-1) - probs
+            keep_sorted = mass_before < top_p
+            if k == vocab or not keep_sorted[:, -1].any():
+                break
+            k = k * 16 if k * 16 < vocab // 4 else vocab
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep_sorted)
+        logits = logits.masked_fill(~keep, float("-inf"))
     return logits
 
 
@@ -110,23 +127,28 @@ def step_generator(seed: int, block_start: int, step: int) -> torch.Generator:
 
 
 def propose(
-    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Draw x0 for each row of [n, V] logits: (x0, confidence, entropy).
 
     Confidence is the probability of x0 under the *unfiltered*
-    softmax(logits / T) (spec choice); entropy is of that same distribution.
-    Greedy = argmax with confidence softmax(logits)[argmax] (the release's
-    "greedy": top_k = 1 at temperature 1).
+    softmax(logits / T) (spec choice); entropy is of that same distribution
+    (None unless asked for: only entropy_bounded reads it). Greedy = argmax
+    with confidence softmax(logits)[argmax] (the release's "greedy": top_k = 1
+    at temperature 1).
+
+    Written as max + logsumexp (two passes over the vocabulary) rather than a
+    full log_softmax: this runs for every open slot of every request each
+    engine step, over vocabularies of ~152k.
     """
     logits = logits.float()
-    temperature = 1.0 if sampling.greedy else sampling.temperature
-    scaled = logits / temperature
-    log_probs = torch.log_softmax(scaled, dim=-1)
-    probs = log_probs.exp()
-    entropy = -(probs * log_probs).nan_to_num().sum(dim=-1)
+    scaled = logits if sampling.greedy else logits / sampling.temperature
+    lse = torch.logsumexp(scaled, dim=-1)
     if sampling.greedy:
-        x0 = torch.argmax(logits, dim=-1)
+        top, x0 = torch.max(scaled, dim=-1)  # first maximum, like argmax
     else:
         filtered = filter_top_k_top_p(scaled, sampling.top_k, sampling.top_p)
         target = torch.softmax(filtered, dim=-1)
@@ -136,7 +158,13 @@ def propose(
         noise = torch.empty(target.shape, dtype=torch.float32)
         noise.exponential_(generator=generator)
         x0 = torch.argmax(target / noise.to(target.device), dim=-1)
-    confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
+        top = scaled.gather(-1, x0[:, None]).squeeze(-1)
+    confidence = torch.exp(top - lse)
+    entropy = None
+    if with_entropy:
+        probs = torch.exp(scaled - lse[:, None])
+        # H = lse - sum(p * x); nansum drops 0 * -inf from masked-out logits.
+        entropy = lse - torch.nansum(probs * scaled, dim=-1)
     return x0, confidence, entropy
 
 
@@ -149,7 +177,7 @@ def _top_by_confidence(confidence: torch.Tensor, k: int) -> torch.Tensor:
 
 def select_slots(
     confidence: torch.Tensor,
-    entropy: torch.Tensor,
+    entropy: torch.Tensor | None,
     quota: int,
     denoising: Denoising,
 ) -> torch.Tensor:
@@ -165,6 +193,8 @@ def select_slots(
     elif strategy == "sequential":
         chosen = torch.arange(quota)
     elif strategy == "entropy_bounded":
+        if entropy is None:
+            raise ValueError("entropy_bounded needs the slots' entropies")
         order = torch.sort(entropy, stable=True).indices
         within = torch.cumsum(entropy[order], dim=0) <= denoising.eb_threshold
         chosen = order[: max(1, int(within.sum()))]
@@ -175,7 +205,7 @@ def select_slots(
 
 def denoise_step(
     tokens: torch.Tensor,
-    logits: torch.Tensor,
+    masked_logits: torch.Tensor,
     mask_id: int,
     step: int,
     denoising: Denoising,
@@ -185,16 +215,26 @@ def denoise_step(
     """One denoising step of one block.
 
     tokens: [L] current block contents (MASK where undecided; prompt-tail
-    slots are never MASK). logits: [L, V] the network's logits at those
-    positions (no shift: logits[i] predicts tokens[i]). Returns new tokens.
+    slots are never MASK). masked_logits: [M, V] the network's logits at the
+    M MASK slots, in position order (no shift: a slot's logits predict that
+    slot). Only masked slots are ever written, so the caller computes no
+    logits (no lm_head rows) for decided ones. Returns the new tokens.
     """
     masked = torch.nonzero(tokens == mask_id).flatten()
+    if masked.numel() != masked_logits.shape[0]:
+        raise ValueError(
+            f"{masked.numel()} masked slots but logits for {masked_logits.shape[0]} rows"
+        )
     if masked.numel() == 0:
         return tokens
     quota = quota_schedule(denoising.block_size, denoising.steps)
     step_quota = quota[min(step, len(quota) - 1)]
-    x0, confidence, entropy = propose(logits[masked.to(logits.device)], sampling, generator)
-    chosen = select_slots(confidence.cpu(), entropy.cpu(), step_quota, denoising)
+    x0, confidence, entropy = propose(
+        masked_logits, sampling, generator, with_entropy=denoising.strategy == "entropy_bounded"
+    )
+    chosen = select_slots(
+        confidence.cpu(), None if entropy is None else entropy.cpu(), step_quota, denoising
+    )
     out = tokens.clone()
     out[masked[chosen]] = x0.cpu()[chosen].to(out.dtype)
     return out

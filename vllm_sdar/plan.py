@@ -33,3 +33,9 @@ class BlockPlan:
     def block_tokens(self) -> list[int]:
         """The open slots' current ids (MASK where undecided)."""
         return self.token_ids[len(self.token_ids) - self.num_logits :]
+
+    @property
+    def masked_slots(self) -> list[int]:
+        """Offsets (into block_tokens) of the undecided slots: the only ones
+        whose logits a denoising step reads."""
+        return [i for i, t in enumerate(self.block_tokens) if t == self.mask_id]

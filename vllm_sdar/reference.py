@@ -106,7 +106,10 @@ class ReferenceDecoder:
                 forwards += 1
                 denoise_forwards += 1
                 gen = None if sampling.greedy else step_generator(seed, start, step)
-                block = denoise_step(block, logits, self.mask_id, step, denoising, sampling, gen)
+                masked_logits = logits[(block == self.mask_id).to(logits.device)]
+                block = denoise_step(
+                    block, masked_logits, self.mask_id, step, denoising, sampling, gen
+                )
                 step += 1
             generated += block.tolist()[tail:]
             generated, reason = truncate_at_stop(generated, stops, request.max_tokens)

@@ -4,8 +4,9 @@ Three changes to the stock runner, all driven by the step's `BlockPlan`s:
 
 1. inputs: the scheduler's token ids (committed block + open block with
    MASKs) are written into the input batch before inputs are prepared;
-2. logits: taken at every open slot of each request's block (no logit
-   shift in SDAR), not at the last token only;
+2. logits: taken at every still-masked slot of each request's block (no
+   logit shift in SDAR; decided slots cost no lm_head row), not at the
+   last token only;
 3. sampling: `decoding.denoise_step` replaces the sampler; the runner
    returns each block's new contents and keeps no SDAR state itself.
 
@@ -62,9 +63,13 @@ class SdarRunnerMixin:
         indices = []
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             plan = plans.get(req_id)
-            count = plan.num_logits if plan is not None else 0
-            self._sdar_rows.append((req_id, count))
-            indices.append(np.arange(ends[row] - count, ends[row]))
+            # Logits (and lm_head rows) only where a MASK is still open.
+            if plan is None or not plan.num_logits:
+                self._sdar_rows.append((req_id, 0))
+                continue
+            slots = np.asarray(plan.masked_slots, dtype=np.int64)
+            self._sdar_rows.append((req_id, len(slots)))
+            indices.append(ends[row] - plan.num_logits + slots)
         flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
         logits_indices = torch.from_numpy(flat.astype(np.int64)).to(self.device, non_blocking=True)
         return logits_indices, spec_metadata, max_sampled
