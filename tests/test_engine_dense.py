@@ -133,6 +133,15 @@ def test_stop_token_inside_block(llm: LLM, ref: ReferenceDecoder) -> None:
     assert out.finish_reason == "stop"
 
 
+def test_mask_token_in_the_prompt_is_context(llm: LLM, ref: ReferenceDecoder) -> None:
+    """A prompt may contain the MASK id (a literal "<|MASK|>" in user text):
+    it stays context, also in the tail that shares the first block."""
+    mask = ref.mask_id
+    prompts = [prompt_of(4) + [mask, mask], [mask] * 5, [mask, 7, mask]]
+    outs = assert_matches_reference(llm, ref, prompts, params(max_tokens=6, ignore_eos=True))
+    assert all(mask not in o.token_ids and len(o.token_ids) == 6 for o in outs)
+
+
 def test_stop_string_cuts_text(llm: LLM, ref: ReferenceDecoder) -> None:
     prompt = prompt_of(6)
     (free,) = generate_ids(llm, [prompt], params(max_tokens=16, ignore_eos=True))

@@ -100,15 +100,19 @@ class ReferenceDecoder:
         generated: list[int] = []
         while True:
             step = 0
-            while bool((block == self.mask_id).any()):
+            # Only the generated slots are open: a prompt tail is context even
+            # if it contains the MASK token (e.g. a literal "<|MASK|>" typed
+            # by the user).
+            while bool((block[tail:] == self.mask_id).any()):
                 logits = self._forward(block.tolist(), start, cache)
                 cache.crop(-B)  # a denoising forward is never stored
                 forwards += 1
                 denoise_forwards += 1
                 gen = None if sampling.greedy else step_generator(seed, start, step)
-                masked_logits = logits[(block == self.mask_id).to(logits.device)]
-                block = denoise_step(
-                    block, masked_logits, self.mask_id, step, denoising, sampling, gen
+                open_slots = block[tail:]
+                masked = (open_slots == self.mask_id).to(logits.device)
+                block[tail:] = denoise_step(
+                    open_slots, logits[tail:][masked], self.mask_id, step, denoising, sampling, gen
                 )
                 step += 1
             generated += block.tolist()[tail:]
