@@ -9,12 +9,9 @@ import torch
 
 from vllm_sdar.decoding import (
     NUCLEUS_FIRST_K,
-    PROPOSE_CHUNK_ROWS,
-    BlockStep,
     Denoising,
     Sampling,
     block_causal_mask,
-    denoise_batch,
     denoise_step,
     filter_top_k_top_p,
     first_block,
@@ -242,47 +239,6 @@ def test_denoise_step_quota_caps_at_masked_count() -> None:
     den = Denoising(block_size=4, steps=1, strategy="low_confidence_static")
     out = denoise_step(tokens, logits, M, 0, den, Sampling())
     assert out.tolist() == [7, 8, 9, 1]
-
-
-def test_denoise_batch_equals_one_block_at_a_time() -> None:
-    """Greedy blocks share one propose pass; the result must not depend on it."""
-    gen = torch.Generator().manual_seed(5)
-    settings = [
-        (Denoising(4, 4, "low_confidence_static"), Sampling()),
-        (Denoising(4, 2, "low_confidence_dynamic", threshold=0.05), Sampling()),
-        (Denoising(4, 4, "sequential"), Sampling(top_k=3)),  # top_k is moot when greedy
-        (Denoising(4, 4, "entropy_bounded", eb_threshold=4.0), Sampling()),
-        (Denoising(4, 3, "low_confidence_dynamic", threshold=0.3), Sampling(temperature=0.9)),
-        (Denoising(4, 4, "entropy_bounded"), Sampling(temperature=1.3, top_p=0.8, top_k=20)),
-        (Denoising(4, 4, "low_confidence_static"), Sampling()),  # nothing left to unmask
-    ]
-    settings *= 4  # 48 greedy rows of 3 per block: several chunks, split inside blocks
-    assert PROPOSE_CHUNK_ROWS < 48 and PROPOSE_CHUNK_ROWS % 3
-    blocks, logits = [], []
-    for i, (den, sampling) in enumerate(settings):
-        tokens = torch.tensor([M, 3, M, M] if i % 7 < 6 else [1, 2, 3, 4])
-        n = int((tokens == M).sum())
-        logits.append(torch.randn(n, V, generator=gen) * 3)
-        blocks.append((tokens, i % 3, den, sampling))
-
-    def generator(i: int, sampling: Sampling) -> torch.Generator | None:
-        return None if sampling.greedy else step_generator(11, 4 * i, 0)
-
-    batch = denoise_batch(
-        [BlockStep(t, st, d, sa, generator(i, sa)) for i, (t, st, d, sa) in enumerate(blocks)],
-        torch.cat(logits),
-        M,
-    )
-    one_by_one = [
-        denoise_step(t, lg, M, st, d, sa, generator(i, sa))
-        for i, ((t, st, d, sa), lg) in enumerate(zip(blocks, logits, strict=True))
-    ]
-    assert [b.tolist() for b in batch] == [o.tolist() for o in one_by_one]
-    for i, (b, (t, *_)) in enumerate(zip(batch, blocks, strict=True)):
-        if i % 7 < 6:
-            assert (b != M).sum() > (t != M).sum()  # every step unmasks something
-        else:
-            assert b.tolist() == [1, 2, 3, 4]
 
 
 def test_static_block_finishes_in_exactly_steps() -> None:

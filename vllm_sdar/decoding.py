@@ -18,8 +18,6 @@ import torch
 
 # First candidate count when searching a top-p nucleus (see filter_top_k_top_p).
 NUCLEUS_FIRST_K = 1024
-# Logit rows per greedy `propose` call in a batch (see denoise_batch).
-PROPOSE_CHUNK_ROWS = 16
 
 STRATEGIES = (
     "low_confidence_static",
@@ -205,100 +203,6 @@ def select_slots(
     return torch.sort(chosen.to(torch.long)).values
 
 
-@dataclass(frozen=True)
-class BlockStep:
-    """One block's denoising step as the batch sees it (logits come separately)."""
-
-    tokens: torch.Tensor  # [L] open slots, MASK where undecided
-    step: int
-    denoising: Denoising
-    sampling: Sampling
-    generator: torch.Generator | None = None
-
-    def masked(self, mask_id: int) -> torch.Tensor:
-        return torch.nonzero(self.tokens == mask_id).flatten()
-
-
-def unmask(
-    block: BlockStep,
-    mask_id: int,
-    x0: torch.Tensor,
-    confidence: torch.Tensor,
-    entropy: torch.Tensor | None,
-) -> torch.Tensor:
-    """Second half of a step: write the chosen proposals (CPU tensors, one
-    per masked slot in position order) into the block; returns new tokens."""
-    masked = block.masked(mask_id)
-    quota = quota_schedule(block.denoising.block_size, block.denoising.steps)
-    step_quota = quota[min(block.step, len(quota) - 1)]
-    chosen = select_slots(confidence, entropy, step_quota, block.denoising)
-    out = block.tokens.clone()
-    out[masked[chosen]] = x0[chosen].to(out.dtype)
-    return out
-
-
-def denoise_batch(
-    blocks: Sequence[BlockStep], masked_logits: torch.Tensor, mask_id: int
-) -> list[torch.Tensor]:
-    """One denoising step for each block; returns each block's new tokens.
-
-    masked_logits: [sum of M_i, V], block i's M_i masked slots in position
-    order, blocks in order (no shift: a slot's logits predict that slot).
-    Only masked slots are ever written, so callers compute no logits (no
-    lm_head rows) for decided ones. `propose` is row-wise, so every greedy
-    block's rows go through it together: one pass over the vocabulary for
-    the whole batch instead of one per request; sampled blocks each keep
-    their own generator. The result is the same as one block at a time.
-    """
-    counts = [int(b.masked(mask_id).numel()) for b in blocks]
-    if sum(counts) != masked_logits.shape[0]:
-        raise ValueError(f"{sum(counts)} masked slots but logits for {masked_logits.shape[0]} rows")
-    starts = [0]
-    for n in counts:
-        starts.append(starts[-1] + n)
-    rows = [slice(starts[i], starts[i + 1]) for i in range(len(blocks))]
-    proposals: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None] = [None] * len(
-        blocks
-    )
-
-    greedy = [i for i, b in enumerate(blocks) if b.sampling.greedy and counts[i]]
-    if greedy:
-        greedy_logits = masked_logits
-        if len(greedy) < sum(1 for n in counts if n):  # a mixed batch: gather its rows
-            index = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in greedy])
-            greedy_logits = masked_logits[index.to(masked_logits.device)]
-        with_entropy = any(blocks[i].denoising.strategy == "entropy_bounded" for i in greedy)
-        # Chunks of rows: each pass over a chunk's logits stays in the CPU's
-        # cache (one pass over all rows of a large batch was 1.5x slower on
-        # this project's CPUs), and a GPU still gets few, large kernels.
-        parts = [
-            propose(chunk, Sampling(), None, with_entropy)
-            for chunk in torch.split(greedy_logits, PROPOSE_CHUNK_ROWS)
-        ]
-        x0 = torch.cat([p[0] for p in parts]).cpu()  # one device sync for the batch
-        conf = torch.cat([p[1] for p in parts]).cpu()
-        ent = torch.cat([p[2] for p in parts]).cpu() if with_entropy else None
-        offset = 0
-        for i in greedy:
-            part = slice(offset, offset + counts[i])
-            proposals[i] = (x0[part], conf[part], None if ent is None else ent[part])
-            offset += counts[i]
-
-    out = []
-    for i, block in enumerate(blocks):
-        if not counts[i]:
-            out.append(block.tokens)
-            continue
-        if proposals[i] is None:
-            with_entropy = block.denoising.strategy == "entropy_bounded"
-            x0, conf, ent = propose(
-                masked_logits[rows[i]], block.sampling, block.generator, with_entropy
-            )
-            proposals[i] = (x0.cpu(), conf.cpu(), None if ent is None else ent.cpu())
-        out.append(unmask(block, mask_id, *proposals[i]))
-    return out
-
-
 def denoise_step(
     tokens: torch.Tensor,
     masked_logits: torch.Tensor,
@@ -308,14 +212,31 @@ def denoise_step(
     sampling: Sampling,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One denoising step of one block: `denoise_batch` with a batch of one.
+    """One denoising step of one block.
 
     tokens: [L] current block contents (MASK where undecided; prompt-tail
-    slots are never passed in). masked_logits: [M, V] at the M MASK slots.
+    slots are never MASK). masked_logits: [M, V] the network's logits at the
+    M MASK slots, in position order (no shift: a slot's logits predict that
+    slot). Only masked slots are ever written, so the caller computes no
+    logits (no lm_head rows) for decided ones. Returns the new tokens.
     """
-    (out,) = denoise_batch(
-        [BlockStep(tokens, step, denoising, sampling, generator)], masked_logits, mask_id
+    masked = torch.nonzero(tokens == mask_id).flatten()
+    if masked.numel() != masked_logits.shape[0]:
+        raise ValueError(
+            f"{masked.numel()} masked slots but logits for {masked_logits.shape[0]} rows"
+        )
+    if masked.numel() == 0:
+        return tokens
+    quota = quota_schedule(denoising.block_size, denoising.steps)
+    step_quota = quota[min(step, len(quota) - 1)]
+    x0, confidence, entropy = propose(
+        masked_logits, sampling, generator, with_entropy=denoising.strategy == "entropy_bounded"
     )
+    chosen = select_slots(
+        confidence.cpu(), None if entropy is None else entropy.cpu(), step_quota, denoising
+    )
+    out = tokens.clone()
+    out[masked[chosen]] = x0.cpu()[chosen].to(out.dtype)
     return out
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from vllm_sdar.decoding import BlockStep, Denoising, Sampling, step_generator
+from vllm_sdar.decoding import Denoising, Sampling
 
 # SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
 # is a plain dataclass, pickled whole to workers (multiprocessing and Ray).
@@ -41,14 +39,3 @@ class BlockPlan:
         """Offsets (into block_tokens) of the undecided slots: the only ones
         whose logits a denoising step reads."""
         return [i for i, t in enumerate(self.block_tokens) if t == self.mask_id]
-
-    def block_step(self) -> BlockStep:
-        """This step as `decoding.denoise_batch` takes it. The sampling noise
-        is a function of (seed, block, step), so every rank and every retry
-        of this step draws the same."""
-        generator = (
-            None if self.sampling.greedy else step_generator(self.seed, self.block_start, self.step)
-        )
-        return BlockStep(
-            torch.tensor(self.block_tokens), self.step, self.denoising, self.sampling, generator
-        )

@@ -7,9 +7,8 @@ Three changes to the stock runner, all driven by the step's `BlockPlan`s:
 2. logits: taken at every still-masked slot of each request's block (no
    logit shift in SDAR; decided slots cost no lm_head row), not at the
    last token only;
-3. sampling: `decoding.denoise_batch` (one step for every block in the
-   batch) replaces the sampler; the runner returns each block's new
-   contents and keeps no SDAR state itself.
+3. sampling: `decoding.denoise_step` replaces the sampler; the runner
+   returns each block's new contents and keeps no SDAR state itself.
 
 Attention metadata builders are made block-causal once, at start-up.
 The vLLM methods overridden here are V1-runner internals of 0.32
@@ -29,7 +28,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.attention import make_block_causal
 from vllm_sdar.config import resolve_block_size
-from vllm_sdar.decoding import denoise_batch
+from vllm_sdar.decoding import denoise_step, step_generator
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
 
 
@@ -85,16 +84,32 @@ class SdarRunnerMixin:
         self.execute_model_state = None
         plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
         logits = state.logits
-        sampled: list[list[int]] = [[] for _ in self._sdar_rows]
-        # Under tensor parallelism only the driver rank holds the gathered
-        # logits; the others return nothing, and only the driver's output
-        # reaches the scheduler.
-        denoised = [i for i, (_, count) in enumerate(self._sdar_rows) if count]
-        if denoised and logits is not None:
-            blocks = [plans[self._sdar_rows[i][0]].block_step() for i in denoised]
-            mask_id = plans[self._sdar_rows[denoised[0]][0]].mask_id
-            for i, new_block in zip(denoised, denoise_batch(blocks, logits, mask_id), strict=True):
-                sampled[i] = new_block.tolist()
+        sampled: list[list[int]] = []
+        offset = 0
+        for req_id, count in self._sdar_rows:
+            # Under tensor parallelism only the driver rank holds the gathered
+            # logits; the others return nothing, and only the driver's output
+            # reaches the scheduler.
+            if count == 0 or logits is None:
+                sampled.append([])
+                continue
+            plan = plans[req_id]
+            generator = (
+                None
+                if plan.sampling.greedy
+                else step_generator(plan.seed, plan.block_start, plan.step)
+            )
+            new_block = denoise_step(
+                torch.tensor(plan.block_tokens),
+                logits[offset : offset + count],
+                plan.mask_id,
+                plan.step,
+                plan.denoising,
+                plan.sampling,
+                generator,
+            )
+            offset += count
+            sampled.append(new_block.tolist())
         return ModelRunnerOutput(
             req_ids=[req_id for req_id, _ in self._sdar_rows],
             req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
