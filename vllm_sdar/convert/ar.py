@@ -16,6 +16,7 @@ from transformers import DynamicCache, GenerationConfig, Qwen3Config, Qwen3ForCa
 
 from vllm_sdar.convert.data import Example, batch_order, collate
 from vllm_sdar.convert.train import lr_factor
+from vllm_sdar.tiny import qwen3_shape
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,8 @@ class ArSpec:
 
 def build_model(spec: ArSpec, eos_id: int) -> Qwen3ForCausalLM:
     config = Qwen3Config(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
+        **qwen3_shape(spec),
         max_position_embeddings=spec.max_position_embeddings,
-        rope_theta=1_000_000,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,  # SDAR's lm_head is untied
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
