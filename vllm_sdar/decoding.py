@@ -214,8 +214,9 @@ def denoise_step(
 ) -> torch.Tensor:
     """One denoising step of one block.
 
-    tokens: [L] current block contents (MASK where undecided; prompt-tail
-    slots are never MASK). masked_logits: [M, V] the network's logits at the
+    tokens: [L] the block's open slots (MASK where undecided); callers
+    leave out a prompt tail sharing the block, which is context even if it
+    holds the MASK id. masked_logits: [M, V] the network's logits at the
     M MASK slots, in position order (no shift: a slot's logits predict that
     slot). Only masked slots are ever written, so the caller computes no
     logits (no lm_head rows) for decided ones. Returns the new tokens.
