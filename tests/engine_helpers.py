@@ -68,6 +68,7 @@ def reference_request(p: SamplingParams) -> Request:
         options=SdarOptions.parse(p.extra_args),
         stop_token_ids=tuple(p.stop_token_ids or ()),
         ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
     )
 
 

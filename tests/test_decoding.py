@@ -10,6 +10,7 @@ import torch
 from vllm_sdar.decoding import (
     NUCLEUS_FIRST_K,
     Denoising,
+    OutputRules,
     Sampling,
     block_causal_mask,
     denoise_step,
@@ -279,3 +280,71 @@ def test_truncate_max_tokens_in_middle_of_block() -> None:
     assert truncate_at_stop([5, 6, 7, 8], {2}, 2) == ([5, 6], "length")
     assert truncate_at_stop([5, 2, 7, 8], {2}, 2) == ([5, 2], "stop")
     assert truncate_at_stop([5, 6, 2, 8], {2}, 2) == ([5, 6], "length")
+
+
+# -- forbidden tokens: MASK never, stop ids not before min_tokens ----------
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mask_is_never_proposed_even_as_argmax(temperature: float) -> None:
+    # MASK is every row's argmax by far: before the fix the slots stayed
+    # masked forever. Now the runner-up wins.
+    logits = torch.zeros(4, V)
+    logits[:, M] = 50.0
+    logits[torch.arange(4), torch.tensor([5, 6, 7, 8])] = 10.0
+    tokens = torch.full((4,), M)
+    sampling = Sampling(temperature=temperature, seed=1)
+    gen = None if sampling.greedy else step_generator(1, 0, 0)
+    out = denoise_step(
+        tokens, logits, M, 0, Denoising(4, 1, "low_confidence_static"), sampling, gen
+    )
+    assert M not in out.tolist()
+    if temperature == 0.0:
+        assert out.tolist() == [5, 6, 7, 8]
+
+
+def test_stop_ids_forbidden_below_min_tokens_only() -> None:
+    stop = 3
+    logits = torch.zeros(4, V)
+    logits[:, stop] = 20.0  # the stop id is everyone's argmax
+    logits[:, 40] = 10.0
+    tokens = torch.full((4,), M)
+    rules = OutputRules(min_tokens=6, stop_ids=(stop,))
+    # Slots at output positions 4, 5, 6, 7: the first two may not stop.
+    out = denoise_step(
+        tokens,
+        logits,
+        M,
+        0,
+        Denoising(4, 1, "low_confidence_static"),
+        Sampling(),
+        None,
+        rules,
+        first_output_pos=4,
+    )
+    assert out.tolist() == [40, 40, stop, stop]
+    # Without min_tokens the stop id wins everywhere.
+    free = denoise_step(tokens, logits, M, 0, Denoising(4, 1, "low_confidence_static"), Sampling())
+    assert free.tolist() == [stop] * 4
+
+
+def test_min_tokens_respects_the_slot_order_among_open_slots() -> None:
+    # Output positions follow the masked slots' places, not their rank.
+    tokens = torch.tensor([11, M, 12, M])
+    logits = torch.zeros(2, V)
+    logits[:, 3] = 20.0
+    logits[:, 40] = 10.0
+    rules = OutputRules(min_tokens=3, stop_ids=(3,))
+    out = denoise_step(
+        tokens,
+        logits,
+        M,
+        0,
+        Denoising(4, 1, "low_confidence_static"),
+        Sampling(),
+        None,
+        rules,
+        first_output_pos=0,
+    )
+    # Slot 1 is output position 1 (< 3): no stop; slot 3 is position 3: free.
+    assert out.tolist() == [11, 40, 12, 3]

@@ -75,3 +75,15 @@ def test_chat_template_path(llm, problems: list[addition.Problem]) -> None:
     right = sum(c.outputs[0].text == p.answer for c, p in zip(chats, first))
     assert right >= 18, [(p.prompt, c.outputs[0].text) for c, p in zip(chats, first)]
     assert all(c.outputs[0].finish_reason == "stop" for c in chats)
+
+
+def test_min_tokens_is_honoured(llm) -> None:
+    """The issue's case: "12+34=" answers "46" then EOS (2 tokens); with
+    min_tokens 8 no stop id may end the output before 8 tokens."""
+    ref = ReferenceDecoder(DEFAULT_OUT)
+    prompt = ref.tokenizer("12+34=")["input_ids"]
+    (free,) = assert_matches_reference(llm, ref, [prompt], params(12))
+    assert len(free.token_ids) < 8 and free.finish_reason == "stop"
+    (held,) = assert_matches_reference(llm, ref, [prompt], params(12, min_tokens=8))
+    assert len(held.token_ids) >= 8
+    assert not set(held.token_ids[:7]) & ref.eos_ids

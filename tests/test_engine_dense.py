@@ -133,6 +133,17 @@ def test_stop_token_inside_block(llm: LLM, ref: ReferenceDecoder) -> None:
     assert out.finish_reason == "stop"
 
 
+def test_min_tokens_holds_back_stop_tokens(llm: LLM, ref: ReferenceDecoder) -> None:
+    prompt = prompt_of(5)
+    free = ref.generate_one(prompt, reference_request(params(max_tokens=16, ignore_eos=True)))
+    stop = free.token_ids[1]  # would end the output at 2 tokens
+    (out,) = assert_matches_reference(
+        llm, ref, [prompt], [params(max_tokens=16, min_tokens=10, stop_token_ids=[stop])]
+    )
+    assert len(out.token_ids) >= 10
+    assert stop not in out.token_ids[:9]
+
+
 def test_mask_token_in_the_prompt_is_context(llm: LLM, ref: ReferenceDecoder) -> None:
     """A prompt may contain the MASK id (a literal "<|MASK|>" in user text):
     it stays context, also in the tail that shares the first block."""

@@ -64,6 +64,23 @@ def test_block_size_override_via_hf_overrides(tiny_dense: Path) -> None:
         assert_matches_reference(llm, ref, prompts, ps)
 
 
+def test_block_step_cap_ends_the_request(tiny_dense: Path) -> None:
+    """The MASK-loop safety net: a block still open after max_block_steps
+    forwards ends its request (finish_reason "error", a stop_reason that
+    says why), frees it, and the engine keeps serving."""
+    ref = ReferenceDecoder(tiny_dense, max_block_steps=2)
+    prompt = prompt_of(3)  # one open slot in the first block, then 4
+    slow = params(max_tokens=8, ignore_eos=True, denoising_steps=4)
+    fast = params(max_tokens=8, ignore_eos=True, denoising_steps=2)
+    with sdar_llm(tiny_dense, hf_overrides={"max_block_steps": 2}) as llm:
+        capped, ok = assert_matches_reference(llm, ref, [prompt, prompt], [slow, fast])
+        assert capped.finish_reason == "error" and len(capped.token_ids) == 1
+        assert "sdar_block_not_converged" in str(capped.stop_reason)
+        assert ok.finish_reason == "length" and len(ok.token_ids) == 8
+        scheduler = scheduler_of(llm)
+        assert not scheduler.blocks and not scheduler.running
+
+
 def test_moe(tiny_moe: Path) -> None:
     ref = ReferenceDecoder(tiny_moe)
     prompts, ps = mixed_workload(4, n=8, seed=1)

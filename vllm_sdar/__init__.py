@@ -21,6 +21,7 @@ def register() -> None:
     from vllm_sdar.names import (
         check_serve_command,
         install_config_lookup_redirect,
+        install_offline_path_redirect,
         install_redirects,
     )
     from vllm_sdar.validation import install_validation_error_passthrough
@@ -28,6 +29,7 @@ def register() -> None:
     register_hf_configs()
     install_redirects()
     install_config_lookup_redirect()
+    install_offline_path_redirect()
     check_serve_command()
     if multiprocessing.current_process().name == "MainProcess":
         # Only front ends build OpenAI requests; workers skip the import.

@@ -94,6 +94,20 @@ def resolve_mask_id(config: Any, tokenizer: Any = None, override: int | None = N
     return DEFAULT_MASK_ID
 
 
+def resolve_max_block_steps(config: Any, block_size: int) -> int:
+    """Denoising forwards one block may take before its request is ended.
+
+    A safety net: MASK is never proposed and every step unmasks at least one
+    slot, so a block needs at most `block_size` steps. Settable with
+    `--hf-overrides '{"max_block_steps": N}'` (diagnostics only).
+    """
+    limit = getattr(config, "max_block_steps", None)
+    limit = int(limit) if limit is not None else block_size
+    if limit < 1:
+        raise ValueError(f"max_block_steps must be >= 1, got {limit}")
+    return limit
+
+
 @dataclass(frozen=True)
 class SdarOptions:
     """Per-request SDAR options (SamplingParams.extra_args / extra_body)."""
@@ -158,16 +172,19 @@ class SdarDeployment:
     block_size: int
     mask_id: int
     defaults: SdarOptions
+    max_block_steps: int
 
     @classmethod
     def from_hf_config(cls, hf_config: Any, tokenizer: Any = None) -> SdarDeployment:
         """Block size, mask id and option defaults; defaults come from config
         attributes of the same names (settable with `--hf-overrides`)."""
         deployment_defaults = {k: getattr(hf_config, k, None) for k in SdarOptions.KEYS}
+        block_size = resolve_block_size(hf_config)
         deployment = cls(
-            block_size=resolve_block_size(hf_config),
+            block_size=block_size,
             mask_id=resolve_mask_id(hf_config, tokenizer),
             defaults=SdarOptions.parse(deployment_defaults),
+            max_block_steps=resolve_max_block_steps(hf_config, block_size),
         )
         deployment.defaults.denoising(deployment.block_size)  # steps <= block size
         return deployment

@@ -203,6 +203,44 @@ def select_slots(
     return torch.sort(chosen.to(torch.long)).values
 
 
+@dataclass(frozen=True)
+class OutputRules:
+    """Tokens a slot may never be given, whatever the network predicts.
+
+    vLLM's contract for `min_tokens`: no stop token (EOS or
+    `stop_token_ids`) ends the output before `min_tokens` tokens, so a stop
+    id cannot be proposed at an output position below `min_tokens`.
+    """
+
+    min_tokens: int = 0
+    stop_ids: tuple[int, ...] = ()
+
+
+def forbid_invalid_tokens(
+    masked_logits: torch.Tensor,
+    mask_id: int,
+    output_positions: torch.Tensor,
+    rules: OutputRules | None = None,
+) -> torch.Tensor:
+    """Set forbidden logits to -inf on [M, V] rows before any proposal.
+
+    MASK is never a valid output: a slot proposed as MASK stays open and the
+    block would never finish. Stop ids are forbidden at rows whose output
+    position (index in the generated text, [M]) is below `min_tokens`.
+    Confidence and entropy are then those of the distribution without the
+    forbidden tokens (spec: "Forbidden tokens").
+    """
+    out = masked_logits.clone()
+    out[:, mask_id] = float("-inf")
+    if rules is not None and rules.min_tokens > 0 and rules.stop_ids:
+        early = (output_positions < rules.min_tokens).to(out.device)
+        if bool(early.any()):
+            stops = torch.tensor(rules.stop_ids, dtype=torch.long, device=out.device)
+            rows = torch.nonzero(early).flatten()
+            out[rows[:, None], stops[None, :]] = float("-inf")
+    return out
+
+
 def denoise_step(
     tokens: torch.Tensor,
     masked_logits: torch.Tensor,
@@ -211,6 +249,8 @@ def denoise_step(
     denoising: Denoising,
     sampling: Sampling,
     generator: torch.Generator | None = None,
+    rules: OutputRules | None = None,
+    first_output_pos: int = 0,
 ) -> torch.Tensor:
     """One denoising step of one block.
 
@@ -230,6 +270,7 @@ def denoise_step(
         return tokens
     quota = quota_schedule(denoising.block_size, denoising.steps)
     step_quota = quota[min(step, len(quota) - 1)]
+    masked_logits = forbid_invalid_tokens(masked_logits, mask_id, first_output_pos + masked, rules)
     x0, confidence, entropy = propose(
         masked_logits, sampling, generator, with_entropy=denoising.strategy == "entropy_bounded"
     )

@@ -39,6 +39,7 @@ def _load_tokenizer(model_config: Any) -> Any:
 def configure(vllm_config: Any) -> SdarDeployment:
     from vllm.platforms import current_platform
 
+    from vllm_sdar.support import refuse_unsupported
     from vllm_sdar.validation import set_deployment
 
     model_config = vllm_config.model_config
@@ -62,10 +63,7 @@ def configure(vllm_config: Any) -> SdarDeployment:
     hf_config.mask_token_id = deployment.mask_id
     set_deployment(deployment)
 
-    if vllm_config.speculative_config is not None:
-        raise ValueError("SDAR does not combine with speculative decoding")
-    if vllm_config.parallel_config.pipeline_parallel_size > 1:
-        raise ValueError("SDAR supports tensor parallelism, not pipeline parallelism")
+    refuse_unsupported(vllm_config, deployment.block_size)
 
     scheduler_config = vllm_config.scheduler_config
     if scheduler_config.scheduler_cls is None:
@@ -100,11 +98,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
         default_page = CPU_PAGE if on_cpu else GPU_PAGE
         if default_page % B:
             cache_config.block_size = math.lcm(default_page, B)
-    elif cache_config.block_size % B:
-        raise ValueError(
-            f"KV cache block_size {cache_config.block_size} must be a multiple of the "
-            f"SDAR block size {B}"
-        )
 
     # Positions past the last whole block could only hold a partial block,
     # which SDAR never decodes (the open block would run past the per-request

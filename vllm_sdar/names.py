@@ -110,6 +110,36 @@ def install_config_lookup_redirect() -> None:
     arg_utils.maybe_override_with_speculators = lookup
 
 
+def install_offline_path_redirect() -> None:
+    """Make the HF_HUB_OFFLINE model-path lookup follow the redirect table.
+
+    With HF_HUB_OFFLINE=1, vLLM 0.32's `EngineArgs.__post_init__` resolves
+    the model through `get_model_path` (a local-only Hub snapshot lookup)
+    right after loading plugins and before any redirect is applied, so
+    `LLM(model="sdar-addition")` raised LocalEntryNotFoundError. The wrapper
+    checks the redirected target instead (still failing, offline, when it
+    is missing) and hands back the name as given, so the served model name
+    stays the short name and ModelConfig redirects it itself.
+    (patches/README.md, 13)
+    """
+    from vllm.engine import arg_utils
+    from vllm.transformers_utils.utils import maybe_model_redirect
+
+    original = arg_utils.get_model_path
+    if getattr(original, "_sdar_redirects", False):
+        return
+
+    def offline_path(model: Any, revision: str | None = None) -> Any:
+        target = maybe_model_redirect(str(model))
+        if target == str(model):
+            return original(model, revision)
+        original(target, revision)  # raises when the target is not available offline
+        return model
+
+    offline_path._sdar_redirects = True  # type: ignore[attr-defined]
+    arg_utils.get_model_path = offline_path
+
+
 def _serve_model_arg(argv: list[str]) -> str | None:
     """The model of a `vllm serve ...` command line, if this is one."""
     if len(argv) < 2 or Path(argv[0]).name != "vllm" or argv[1] != "serve":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_sdar.decoding import Denoising, Sampling
+from vllm_sdar.decoding import Denoising, OutputRules, Sampling
 
 # SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
 # is a plain dataclass, pickled whole to workers (multiprocessing and Ray).
@@ -28,6 +28,8 @@ class BlockPlan:
     seed: int
     denoising: Denoising
     sampling: Sampling
+    rules: OutputRules  # min_tokens: stop ids forbidden at early output positions
+    first_output_pos: int  # index of block_tokens[0] in the generated output
 
     @property
     def block_tokens(self) -> list[int]:

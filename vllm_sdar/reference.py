@@ -21,9 +21,11 @@ from vllm_sdar.config import (
     register_hf_configs,
     resolve_block_size,
     resolve_mask_id,
+    resolve_max_block_steps,
 )
 from vllm_sdar.decoding import (
     Denoising,
+    OutputRules,
     Sampling,
     denoise_step,
     first_block,
@@ -42,6 +44,7 @@ class Request:
     options: SdarOptions = field(default_factory=SdarOptions)
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass
@@ -60,6 +63,7 @@ class ReferenceDecoder:
         model_dir: str | Path,
         block_size: int | None = None,
         mask_id: int | None = None,
+        max_block_steps: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
     ) -> None:
@@ -68,6 +72,9 @@ class ReferenceDecoder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.block_size = resolve_block_size(self.config, block_size)
         self.mask_id = resolve_mask_id(self.config, self.tokenizer, mask_id)
+        self.max_block_steps = max_block_steps or resolve_max_block_steps(
+            self.config, self.block_size
+        )
         self.eos_ids = _eos_ids(model_dir, self.config)
         model_cls = model_class_for(self.config)
         self.model: SDARForCausalLM = model_cls.from_pretrained(model_dir, dtype=dtype)
@@ -87,6 +94,8 @@ class ReferenceDecoder:
         sampling = request.sampling
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(62)
         stops = set(request.stop_token_ids)
+        # min_tokens holds back every stop id, EOS too under ignore_eos (vLLM).
+        rules = OutputRules(request.min_tokens, tuple(sorted(stops | self.eos_ids)))
         if not request.ignore_eos:
             stops |= self.eos_ids
 
@@ -104,6 +113,8 @@ class ReferenceDecoder:
             # if it contains the MASK token (e.g. a literal "<|MASK|>" typed
             # by the user).
             while bool((block[tail:] == self.mask_id).any()):
+                if step >= self.max_block_steps:  # the plugin's safety net
+                    return Result(generated, "error", forwards, denoise_forwards)
                 logits = self._forward(block.tolist(), start, cache)
                 cache.crop(-B)  # a denoising forward is never stored
                 forwards += 1
@@ -112,7 +123,15 @@ class ReferenceDecoder:
                 open_slots = block[tail:]
                 masked = (open_slots == self.mask_id).to(logits.device)
                 block[tail:] = denoise_step(
-                    open_slots, logits[tail:][masked], self.mask_id, step, denoising, sampling, gen
+                    open_slots,
+                    logits[tail:][masked],
+                    self.mask_id,
+                    step,
+                    denoising,
+                    sampling,
+                    gen,
+                    rules,
+                    first_output_pos=len(generated),
                 )
                 step += 1
             generated += block.tolist()[tail:]

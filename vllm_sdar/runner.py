@@ -30,6 +30,7 @@ from vllm_sdar.attention import make_block_causal
 from vllm_sdar.config import resolve_block_size
 from vllm_sdar.decoding import denoise_step, step_generator
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.support import check_attention_backend
 
 
 class SdarRunnerMixin:
@@ -42,6 +43,8 @@ class SdarRunnerMixin:
         block_size = resolve_block_size(self.model_config.hf_config)
         for groups in self.attn_groups:
             for group in groups:
+                # The platform's own choice too (FlashInfer on some GPUs).
+                check_attention_backend(group.backend.get_name(), group.backend)
                 for builder in group.metadata_builders:
                     make_block_causal(builder, block_size)
 
@@ -107,6 +110,8 @@ class SdarRunnerMixin:
                 plan.denoising,
                 plan.sampling,
                 generator,
+                plan.rules,
+                plan.first_output_pos,
             )
             offset += count
             sampled.append(new_block.tolist())

@@ -23,6 +23,7 @@ accounting differs. vLLM dependencies are Scheduler internals of 0.32
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import defaultdict
@@ -39,8 +40,10 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from vllm_sdar.config import SdarDeployment
-from vllm_sdar.decoding import Denoising, Sampling, first_block
+from vllm_sdar.decoding import Denoising, OutputRules, Sampling, first_block
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class BlockState:
     denoising: Denoising
     sampling: Sampling
     seed: int
+    rules: OutputRules
     step: int = 0
 
 
@@ -82,6 +86,12 @@ class SdarScheduler(Scheduler):
             # A seed drawn here (not on the workers) keeps unseeded sampling
             # identical on every tensor-parallel rank.
             seed=params.seed if params.seed is not None else random.getrandbits(62),
+            # all_stop_token_ids: stop_token_ids and every EOS id, as vLLM's
+            # own min_tokens processor uses them (also under ignore_eos).
+            rules=OutputRules(
+                min_tokens=params.min_tokens,
+                stop_ids=tuple(sorted(params.all_stop_token_ids)),
+            ),
         )
         # Each denoising forward is reported like a speculative "verify step":
         # drafted = open slots predicted, accepted = slots unmasked.
@@ -124,6 +134,11 @@ class SdarScheduler(Scheduler):
             seed=state.seed,
             denoising=state.denoising,
             sampling=state.sampling,
+            rules=state.rules,
+            first_output_pos=state.block_start
+            + self.sdar.block_size
+            - len(state.tokens)
+            - request.num_prompt_tokens,
         )
 
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
@@ -229,6 +244,33 @@ class SdarScheduler(Scheduler):
 
     # -- results -------------------------------------------------------------
 
+    def _finish_unconverged(
+        self,
+        request: Request,
+        state: BlockState,
+        outputs: dict[int, list[EngineCoreOutput]],
+        stopped: set[Request],
+    ) -> None:
+        request.status = RequestStatus.FINISHED_ERROR
+        request.stop_reason = (
+            f"sdar_block_not_converged: block at position {state.block_start} still had "
+            f"MASK slots after {state.step} denoising steps (max_block_steps)"
+        )
+        logger.error("SDAR request %s: %s", request.request_id, request.stop_reason)
+        outputs[request.client_index].append(
+            EngineCoreOutput(
+                request_id=request.request_id,
+                new_token_ids=[],
+                finish_reason=request.get_finished_reason(),
+                stop_reason=request.stop_reason,
+                events=request.take_events(),
+                spec_decode_metrics=request.spec_decode_metrics,
+                trace_headers=request.trace_headers,
+            )
+        )
+        self._free_request(request)
+        stopped.add(request)
+
     def update_from_output(
         self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
     ) -> dict[int, EngineCoreOutputs]:
@@ -255,7 +297,13 @@ class SdarScheduler(Scheduler):
             if step_stats is not None:
                 step_stats.num_drafts += 1
                 step_stats.num_draft_tokens += was_open
+            if still_open and state.step < self.sdar.max_block_steps:
+                continue
             if still_open:
+                # Safety net (MASK is never proposed, so this needs a bug or
+                # non-finite logits): end the request instead of holding its
+                # KV forever.
+                self._finish_unconverged(request, state, outputs, stopped)
                 continue
 
             # The block is final: its tokens become the request's output.

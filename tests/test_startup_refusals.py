@@ -1,0 +1,95 @@
+"""What SDAR does not support stops vLLM at start-up, in one line naming it.
+
+Each case builds the real engine config (`EngineArgs.create_engine_config`,
+which runs the plugin's config hook) for the tiny SDAR checkpoint; nothing
+is allocated, so no `engine` marker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vllm
+from vllm.engine.arg_utils import EngineArgs
+
+from vllm_sdar.support import check_attention_backend, check_vllm_version
+
+
+def _config(model: Path, **kwargs: Any) -> Any:
+    return EngineArgs(
+        model=str(model), dtype="float32", max_model_len=512, **kwargs
+    ).create_engine_config()
+
+
+def _refusal(model: Path, **kwargs: Any) -> str:
+    with pytest.raises(ValueError) as err:  # pydantic's ValidationError is a ValueError
+        _config(model, **kwargs)
+    lines = [line for line in str(err.value).splitlines() if "vllm-sdar:" in line]
+    assert len(lines) == 1, str(err.value)
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs,option",
+    [
+        ({"pipeline_parallel_size": 2}, "--pipeline-parallel-size"),
+        (
+            {"speculative_config": {"method": "ngram", "num_speculative_tokens": 2,
+                                    "prompt_lookup_max": 3}},
+            "--speculative-config",
+        ),
+        ({"enable_lora": True}, "--enable-lora"),
+        ({"enable_prompt_embeds": True}, "--enable-prompt-embeds"),
+        (
+            {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}},
+            "--kv-transfer-config",
+        ),
+        (
+            {"decode_context_parallel_size": 2, "tensor_parallel_size": 2},
+            "--decode-context-parallel-size",
+        ),
+        ({"attention_backend": "FLASHINFER"}, "--attention-backend FLASHINFER"),
+        ({"block_size": 6}, "--block-size 6"),
+        ({"scheduling_policy": "priority"}, "--scheduling-policy priority"),
+    ],
+)  # fmt: skip
+def test_unsupported_option_refused(tiny_dense: Path, kwargs: dict, option: str) -> None:
+    line = _refusal(tiny_dense, **kwargs)
+    assert option in line and "not supported with SDAR" in line
+
+
+def test_forced_v2_model_runner_refused(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    assert "VLLM_USE_V2_MODEL_RUNNER=1" in _refusal(tiny_dense)
+
+
+def test_other_vllm_version_refused(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    assert "vLLM 0.33.0" in _refusal(tiny_dense)
+    check_vllm_version("0.32.7")  # any 0.32.x patch release is accepted
+
+
+def test_attention_backend_must_take_non_causal_requests() -> None:
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    check_attention_backend("CPU_ATTN", CPUAttentionBackend)  # the one run here
+
+    class CausalOnly(CPUAttentionBackend):
+        @classmethod
+        def supports_non_causal(cls) -> bool:
+            return False
+
+    with pytest.raises(ValueError, match="supports_non_causal"):
+        check_attention_backend("CAUSAL_ONLY", CausalOnly)
+    # FlashInfer says it is non-causal-capable in some builds, but its
+    # persistent buffers are sized by max_num_seqs: refused by name.
+    with pytest.raises(ValueError, match="FLASHINFER"):
+        check_attention_backend("FLASHINFER", CPUAttentionBackend)
+
+
+def test_defaults_and_supported_options_accepted(tiny_dense: Path) -> None:
+    config = _config(tiny_dense, block_size=8, scheduling_policy="fcfs")
+    assert config.cache_config.block_size == 8
+    assert config.scheduler_config.scheduler_cls.endswith("SdarScheduler")
