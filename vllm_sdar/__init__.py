@@ -31,7 +31,9 @@ def register() -> None:
     install_config_lookup_redirect()
     install_offline_path_redirect()
     check_serve_command()
-    if multiprocessing.current_process().name == "MainProcess":
+    from vllm_sdar.serving import is_front_end
+
+    if is_front_end(multiprocessing.current_process().name):
         # Only front ends build OpenAI requests; workers skip the import.
         from vllm_sdar.serving import install_request_fields
 

@@ -10,6 +10,7 @@ Validation stays in `vllm_sdar.validation` (HTTP 400 naming the field).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,21 @@ def _with_sdar_fields(original: Callable[..., Any]) -> Callable[..., Any]:
 
     to_sampling_params._sdar_wrapped = True  # type: ignore[attr-defined]
     return to_sampling_params
+
+
+def is_front_end(process_name: str) -> bool:
+    """Whether this process may build OpenAI requests.
+
+    `vllm serve` runs its front end in the main process, or, with
+    `--api-server-count N`, in N children named "ApiServer_<i>" (vLLM 0.32,
+    v1/utils.py); any process that imported the OpenAI server counts too.
+    Engine cores and workers never parse requests.
+    """
+    return (
+        process_name == "MainProcess"
+        or process_name.startswith("ApiServer")
+        or "vllm.entrypoints.openai.api_server" in sys.modules
+    )
 
 
 def install_request_fields() -> None:
