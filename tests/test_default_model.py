@@ -19,6 +19,8 @@ from vllm_sdar.reference import ReferenceDecoder
 
 from .engine_helpers import assert_matches_reference, denoise_forwards, params, sdar_llm
 
+pytestmark = pytest.mark.engine
+
 N_PROBLEMS = 60
 
 

@@ -25,6 +25,8 @@ from .engine_helpers import (
     sdar_llm,
 )
 
+pytestmark = pytest.mark.engine
+
 B = 4
 STRATEGY_OPTIONS = {
     "low_confidence_static": {},

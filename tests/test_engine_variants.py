@@ -24,6 +24,8 @@ from .engine_helpers import (
     sdar_llm,
 )
 
+pytestmark = pytest.mark.engine
+
 
 def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[Any]]:
     rng = random.Random(seed)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from vllm_sdar.config import SdarOptions
 from vllm_sdar.decoding import Sampling, block_causal_mask
@@ -27,13 +28,30 @@ def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_cached_denoise_equals_full_recompute(ref: ReferenceDecoder) -> None:
-    """The KV-cached path gives the logits of one block-causal pass over everything."""
+    """The KV-cached path generate_one runs (prefix stored once, each
+    denoising forward over the cache then cropped back) gives the logits of
+    one block-causal pass over the whole sequence, at every step."""
+    B = ref.block_size
+    prompt = list(range(200, 200 + 2 * B))  # two whole blocks, stored
+    cache = DynamicCache()
+    ref._forward(prompt, 0, cache)
+    mask = ref.mask_id
+    steps = ([mask] * B, [300, mask, 301, mask][:B], [300, 302, 301, 303][:B])
+    for block in steps:
+        cached = ref._forward(block, 2 * B, cache)
+        cache.crop(-B)  # as generate_one: a denoising forward is never stored
+        full = ref.model(torch.tensor([prompt + block]), 0, None, B)[0]
+        assert torch.allclose(cached, full[2 * B :], atol=1e-5), block
+        assert cache.get_seq_length() == 2 * B
+
+
+def test_block_causal_forward_ignores_later_blocks(ref: ReferenceDecoder) -> None:
+    """One uncached forward: outputs up to a block end do not depend on
+    anything after it."""
     prompt = [11, 12, 13, 14, 15, 16]
     result = ref.generate_one(prompt, Request(max_tokens=6))
     seq = prompt + result.token_ids
     full = ref.model(torch.tensor([seq]), 0, None, ref.block_size)[0]
-    # Plain block-causal forward: the first block's output at position 4 must
-    # not depend on anything after position 7.
     part = ref.model(torch.tensor([seq[:8]]), 0, None, ref.block_size)[0]
     assert torch.allclose(full[:8], part, atol=1e-5)
     assert block_causal_mask(0, 8, 8, 4)[4].tolist() == [True] * 8

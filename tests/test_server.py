@@ -26,6 +26,8 @@ from vllm_sdar.decoding import Sampling
 from vllm_sdar.reference import ReferenceDecoder, Request
 from vllm_sdar.server_process import cli, metric_totals, serve, server_env
 
+pytestmark = pytest.mark.engine
+
 MODEL = "sdar-4b"
 DEPLOY_THRESHOLD = 0.25  # --hf-overrides default, visible in outputs (see test_engine_dense)
 B = 4
