@@ -13,7 +13,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,14 @@ def _metric(base: str, name: str) -> float:
     return metric_totals(base, [name])[name]
 
 
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait (bounded) until `predicate()` holds: /metrics moves asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
     forwards = _metric(server, "vllm:sdar_denoising_forwards_total")
     committed = _metric(server, "vllm:sdar_committed_tokens_total")
@@ -228,7 +236,10 @@ def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
         ignore_eos=True,
         remasking_strategy="low_confidence_static",
     )
-    time.sleep(1.5)  # the front end records stats asynchronously
+    poll(
+        lambda: _metric(server, "vllm:sdar_committed_tokens_total") - committed >= 9,
+        "the committed-token counter",
+    )
     new_forwards = _metric(server, "vllm:sdar_denoising_forwards_total")
     new_committed = _metric(server, "vllm:sdar_committed_tokens_total")
     # Prompt 3: one open slot in the first block, then 4 + 4 (9 = 1 + 4 + 4 tokens).
@@ -237,17 +248,19 @@ def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
     assert _metric(server, "vllm:generation_tokens_total") > 0  # vLLM's own are still there
 
 
-def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.OpenAI) -> None:
+def test_disconnect_mid_stream_aborts_the_request(server: str, client: openai.OpenAI) -> None:
+    max_tokens = 480
     body = {
         "model": MODEL,
         "prompt": prompt_ids(8),
-        "max_tokens": 400,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
         "denoising_steps": 4,
         "remasking_strategy": "low_confidence_static",
     }
+    committed = _metric(server, "vllm:sdar_committed_tokens_total")
     seen_running = False
     with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as response:
         for n, line in enumerate(response.iter_lines()):
@@ -257,17 +270,15 @@ def test_disconnect_mid_stream_frees_the_request(server: str, client: openai.Ope
                 break  # leaving the iterator closes the connection: a hang-up
             assert n < 200, "the request should not have finished yet"
     assert seen_running
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if (
-            _metric(server, "vllm:num_requests_running") == 0
-            and _metric(server, "vllm:kv_cache_usage_perc") == 0
-        ):
-            break
-        time.sleep(0.5)
-    assert _metric(server, "vllm:num_requests_running") == 0
-    assert _metric(server, "vllm:kv_cache_usage_perc") == 0
-    # 400 tokens at ~4 forwards per block would still be running had it not been aborted.
+    poll(
+        lambda: _metric(server, "vllm:num_requests_running") == 0
+        and _metric(server, "vllm:kv_cache_usage_perc") == 0,
+        "the request to leave the engine and free its KV",
+    )
+    # Aborted, not finished: it stopped before committing all its tokens
+    # (a finished request commits max_tokens; nothing else ran meanwhile).
+    done = _metric(server, "vllm:sdar_committed_tokens_total") - committed
+    assert 0 < done < max_tokens, done
     ok = complete(client, prompt_ids(4), max_tokens=4, temperature=0.0, ignore_eos=True)
     assert len(ok.choices[0].token_ids) == 4
 

@@ -35,9 +35,11 @@ def register() -> None:
 
     if is_front_end(multiprocessing.current_process().name):
         # Only front ends build OpenAI requests; workers skip the import.
+        from vllm_sdar.metrics import install_response_terms
         from vllm_sdar.serving import install_request_fields
 
         install_request_fields()
+        install_response_terms()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
         if arch not in supported:

@@ -5,7 +5,8 @@
 before parsing anything, so the stock `vllm` command fails on CPU for every
 model (PackageNotFoundError). `vllm-sdar <args>` answers that lookup with the
 installed build's version and then runs vLLM's CLI unchanged:
-`vllm-sdar serve <model>` is `vllm serve <model>`. With the GPU build
+`vllm-sdar serve <model>` is `vllm serve <model>`; `vllm-sdar selfcheck`
+runs `vllm_sdar.selfcheck`. With the GPU build
 (`vllm==0.32.0`) the stock `vllm` command works and needs none of this.
 """
 
@@ -33,6 +34,10 @@ def _version_with_cpu_fallback(original: Callable[[str], str]) -> Callable[[str]
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["selfcheck"]:
+        from vllm_sdar.selfcheck import main as selfcheck
+
+        sys.exit(selfcheck(sys.argv[2:]))
     importlib.metadata.version = _version_with_cpu_fallback(importlib.metadata.version)
     from vllm.entrypoints.cli.main import main as vllm_main
 

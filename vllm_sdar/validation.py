@@ -39,6 +39,11 @@ class SdarOptionError(VLLMValidationError, ValueError):
     """
 
 
+def current_deployment() -> SdarDeployment | None:
+    """The SDAR model this process serves, once the config hook ran here."""
+    return _deployment
+
+
 def install_validation_error_passthrough() -> None:
     """Let an SdarOptionError leave the validate_params hook unchanged.
 
