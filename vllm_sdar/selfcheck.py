@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     # In-process engine core: starts faster, nothing else changes.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # Keep the table readable: vLLM's info logs go to stdout.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import vllm
     from vllm.platforms import current_platform
