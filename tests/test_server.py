@@ -271,8 +271,10 @@ def test_disconnect_mid_stream_aborts_the_request(server: str, client: openai.Op
             assert n < 200, "the request should not have finished yet"
     assert seen_running
     poll(
-        lambda: _metric(server, "vllm:num_requests_running") == 0
-        and _metric(server, "vllm:kv_cache_usage_perc") == 0,
+        lambda: (
+            _metric(server, "vllm:num_requests_running") == 0
+            and _metric(server, "vllm:kv_cache_usage_perc") == 0
+        ),
         "the request to leave the engine and free its KV",
     )
     # Aborted, not finished: it stopped before committing all its tokens
