@@ -34,9 +34,14 @@ B = 4
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("serve")
-    shutil.copytree(tiny_dense, workdir / MODEL)
+def workdir(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("serve")
+    shutil.copytree(tiny_dense, path / MODEL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(workdir: Path) -> Iterator[str]:
     args = [
         MODEL,
         "--dtype", "float32",
@@ -49,9 +54,13 @@ def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield base
 
 
+def client_of(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+
+
 @pytest.fixture(scope="module")
 def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+    return client_of(server)
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +255,19 @@ def test_metrics_counters_move(client: openai.OpenAI, server: str) -> None:
     assert new_committed - committed == 9
     assert new_forwards - forwards == 1 + 4 + 4  # static, steps = B: one slot per step
     assert _metric(server, "vllm:generation_tokens_total") > 0  # vLLM's own are still there
+
+
+def test_sdar_log_line(server: str, workdir: Path) -> None:
+    """vLLM's periodic stats log gets a line in SDAR's terms beside its own."""
+    complete(client_of(server), prompt_ids(3), max_tokens=5, temperature=0.0, ignore_eos=True)
+    log = workdir / "server.log"
+    poll(
+        lambda: "SDAR metrics: denoising forwards:" in log.read_text(),
+        "the periodic SDAR log line (every VLLM_LOG_STATS_INTERVAL, 10 s)",
+        timeout=60,
+    )
+    line = next(x for x in log.read_text().splitlines() if "SDAR metrics:" in x)
+    assert "tokens per forward:" in line and "committed tokens:" in line
 
 
 def test_disconnect_mid_stream_aborts_the_request(server: str, client: openai.OpenAI) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 from vllm_sdar.config import ARCHITECTURES, SdarDeployment
 
-logger = logging.getLogger(__name__)
+# Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
+# plain module logger has no handler and INFO would be dropped).
+logger = logging.getLogger("vllm." + __name__)
 
 SCHEDULER = "vllm_sdar.scheduler.SdarScheduler"
 CPU_WORKER = "vllm_sdar.worker.SdarCPUWorker"

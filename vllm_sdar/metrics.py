@@ -32,7 +32,9 @@ from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
 
 from vllm_sdar.config import ARCHITECTURES
 
-logger = logging.getLogger(__name__)
+# Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
+# plain module logger has no handler and INFO would be dropped).
+logger = logging.getLogger("vllm." + __name__)
 
 COUNTERS = {
     "vllm:sdar_denoising_forwards": ("num_drafts", "SDAR denoising forwards (per request)."),

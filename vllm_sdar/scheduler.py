@@ -43,7 +43,9 @@ from vllm_sdar.config import SdarDeployment
 from vllm_sdar.decoding import Denoising, OutputRules, Sampling, first_block
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
 
-logger = logging.getLogger(__name__)
+# Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
+# plain module logger has no handler and INFO would be dropped).
+logger = logging.getLogger("vllm." + __name__)
 
 
 @dataclass
