@@ -228,7 +228,7 @@ def forbid_invalid_tokens(
     block would never finish. Stop ids are forbidden at rows whose output
     position (index in the generated text, [M]) is below `min_tokens`.
     Confidence and entropy are then those of the distribution without the
-    forbidden tokens (spec: "Forbidden tokens").
+    forbidden tokens (README, "Decoding rules, safety nets and refusals").
     """
     out = masked_logits.clone()
     out[:, mask_id] = float("-inf")
