@@ -150,7 +150,11 @@ def test_mask_token_in_the_prompt_is_context(llm: LLM, ref: ReferenceDecoder) ->
     """A prompt may contain the MASK id (a literal "<|MASK|>" in user text):
     it stays context, also in the tail that shares the first block."""
     mask = ref.mask_id
-    prompts = [prompt_of(4) + [mask, mask], [mask] * 5, [mask, 7, mask]]
+    # Not an all-MASK prompt: then every open slot sees identical inputs, its
+    # logits rows are equal in exact arithmetic, and which slot wins the
+    # confidence tie is decided by float rounding (vLLM's kernels vs the
+    # reference), not by the rules under test.
+    prompts = [prompt_of(4) + [mask, mask], [mask] * 4 + [9, mask], [mask, 7, mask]]
     outs = assert_matches_reference(llm, ref, prompts, params(max_tokens=6, ignore_eos=True))
     assert all(mask not in o.token_ids and len(o.token_ids) == 6 for o in outs)
 
