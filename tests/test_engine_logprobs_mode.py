@@ -23,5 +23,5 @@ def test_processed_logprobs_mode(tiny_dense: Path) -> None:
         params(max_tokens=9, ignore_eos=True),
     ]
     with sdar_llm(tiny_dense, logprobs_mode="processed_logprobs") as engine:
-        outs = assert_matches_reference(engine, ref, PROMPTS, ps)
+        outs = assert_matches_reference(engine, ref, [*PROMPTS, PROMPTS[0]], ps)
     assert outs[0].logprobs is not None and outs[2].logprobs is None
