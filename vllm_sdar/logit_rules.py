@@ -207,42 +207,44 @@ def _apply_penalties(
     starts: list[int],
     counts: list[int],
 ) -> torch.Tensor:
-    """vLLM's formulas, one [blocks, V] count table for all rows.
+    """vLLM's formulas on the (row, token) pairs they can change.
 
     repetition (tokens in the prompt or already generated): logit / r if
     positive else logit * r; then logit -= frequency * count and
     logit -= presence * (count > 0), counts over the generated tokens.
+    Every other token is left as is (penalty 1, count 0: the formula is the
+    identity there), so only the prompt's and generated tokens' entries
+    are gathered: a few hundred per row instead of the vocabulary.
     """
-    vocab = out.shape[-1]
-    device = out.device
-    n = len(penalized)
-    gen_counts = torch.zeros(n, vocab, dtype=torch.float32)
-    seen = torch.zeros(n, vocab, dtype=torch.bool)
-    for k, i in enumerate(penalized):
+    rows, toks, cnts, rep, freq, pres = [], [], [], [], [], []
+    for i in penalized:
         b = blocks[i]
-        generated = list(b.generated) + b.decided()
-        if generated:
-            ids = torch.tensor(generated, dtype=torch.long)
-            gen_counts[k].scatter_add_(0, ids, torch.ones(len(generated)))
-        if b.rules.repetition_penalty != 1.0 and len(b.prompt):
-            seen[k, torch.tensor(list(b.prompt), dtype=torch.long)] = True
-    seen |= gen_counts > 0
-    reps = torch.tensor([blocks[i].rules.repetition_penalty for i in penalized])
-    freq = torch.tensor([blocks[i].rules.frequency_penalty for i in penalized])
-    pres = torch.tensor([blocks[i].rules.presence_penalty for i in penalized])
-    repeat = torch.tensor([counts[i] for i in penalized])
-    rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in penalized])
-    gen_counts = gen_counts.repeat_interleave(repeat, dim=0).to(device)
-    seen = seen.repeat_interleave(repeat, dim=0).to(device)
-    reps = reps.repeat_interleave(repeat)[:, None].to(device)
-    freq = freq.repeat_interleave(repeat)[:, None].to(device)
-    pres = pres.repeat_interleave(repeat)[:, None].to(device)
-    rows = rows.to(device)
-    sub = out[rows]
-    penalty = torch.where(seen, reps, torch.ones_like(sub))
-    sub = sub * torch.where(sub > 0, 1.0 / penalty, penalty)
-    sub = sub - freq * gen_counts - pres * (gen_counts > 0)
-    out[rows] = sub
+        tally: dict[int, int] = {}
+        for t in list(b.generated) + b.decided():
+            tally[t] = tally.get(t, 0) + 1
+        if b.rules.repetition_penalty != 1.0:
+            for t in b.prompt:
+                tally.setdefault(t, 0)
+        ids = list(tally)
+        for r in range(starts[i], starts[i] + counts[i]):
+            rows += [r] * len(ids)
+            toks += ids
+            cnts += [tally[t] for t in ids]
+        n = counts[i] * len(ids)
+        rep += [b.rules.repetition_penalty] * n
+        freq += [b.rules.frequency_penalty] * n
+        pres += [b.rules.presence_penalty] * n
+    if not rows:
+        return out
+    device = out.device
+    index = (torch.tensor(rows, device=device), torch.tensor(toks, device=device))
+    count = torch.tensor(cnts, dtype=out.dtype, device=device)
+    penalty = torch.tensor(rep, dtype=out.dtype, device=device)
+    vals = out[index]
+    vals = vals * torch.where(vals > 0, 1.0 / penalty, penalty)
+    vals = vals - torch.tensor(freq, dtype=out.dtype, device=device) * count
+    vals = vals - torch.tensor(pres, dtype=out.dtype, device=device) * (count > 0)
+    out[index] = vals
     return out
 
 
