@@ -171,7 +171,7 @@ def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torc
         rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in allowed])
         keep = torch.zeros(len(allowed), vocab, dtype=torch.bool)
         for k, i in enumerate(allowed):
-            keep[k, list(blocks[i].rules.allowed_token_ids)] = True
+            keep[k, torch.tensor(blocks[i].rules.allowed_token_ids, dtype=torch.long)] = True
         keep = keep.repeat_interleave(torch.tensor([counts[i] for i in allowed]), dim=0)
         out[rows.to(device)] = out[rows.to(device)].masked_fill(~keep.to(device), float("-inf"))
 
