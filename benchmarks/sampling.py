@@ -13,7 +13,7 @@ requests each with a fully masked block of real-vocabulary logits:
 
 The three are interleaved round by round (ABCABC...), so machine load
 drifts over all equally; the median and p10/p90 of the per-step times are
-reported. Run: `python -m benchmarks.sampling [--quick] [--out DIR]`.
+reported. Run: `python -m benchmarks.sampling [--quick] [--out benchmarks/results]`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.env import describe, loadavg, log
+from benchmarks.env import describe, loadavg, log, machine_slug
 from vllm_sdar.decoding import Denoising, RuleContext, Sampling, denoise_step_full, step_generator
 from vllm_sdar.logit_rules import LogitRules
 
@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' code")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>/sampling.json/.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write <out>/<date>-<machine>-sampling.json/.md"
+    )
     args = parser.parse_args(argv)
     batch, vocab, rounds = (4, 4096, 3) if args.quick else (args.batch, 151936, args.rounds)
     torch.set_num_threads(1)
@@ -162,8 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sampling.json").write_text(json.dumps(report, indent=1))
-        (args.out / "sampling.md").write_text(text + "\n")
+        stem = f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-sampling" + (
+            "-quick" if args.quick else ""
+        )
+        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+        (args.out / f"{stem}.md").write_text(text + "\n")
     return report
 
 

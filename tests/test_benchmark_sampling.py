@@ -13,7 +13,8 @@ def test_quick_run_writes_every_variant(tmp_path: Path) -> None:
     # HEAD as "before": any checkout has it (a shallow CI clone may lack the
     # pinned default); the machinery is what is checked here.
     sampling.main(["--quick", "--before", "HEAD", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "sampling.json").read_text())
+    (json_file,) = tmp_path.glob("*-sampling-quick.json")
+    report = json.loads(json_file.read_text())
     assert set(report["results"]) == {"greedy", "seeded"}
     for variants in report["results"].values():
         assert set(variants) == {"before", "after", "after+options"}
@@ -21,4 +22,4 @@ def test_quick_run_writes_every_variant(tmp_path: Path) -> None:
             assert s["n"] == report["rounds"]
             assert 0 < s["p10_ms"] <= s["median_ms"] <= s["p90_ms"]
             assert math.isfinite(s["vs_before"])
-    assert "| greedy | after |" in (tmp_path / "sampling.md").read_text()
+    assert "| greedy | after |" in json_file.with_suffix(".md").read_text()
