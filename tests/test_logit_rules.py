@@ -100,7 +100,7 @@ def test_bad_words_single_and_multi_token_by_hand() -> None:
     assert (0, 5) in banned
     # Slot 3 (row 2) follows the decided 1 at slot 2: banned 2.
     assert (2, 2) in banned
-    # Slot 1 (row 1) precedes the decided 1? no word ends in 1 then 1: not banned 2
+    # Slot 1 (row 1) is followed by 1, not 2, and preceded by a MASK: not banned 2.
     assert (1, 2) not in banned
     # SDAR: a word's prefix can be the slot itself, its end already decided.
     rows = BlockRows(LogitRules(bad_words=((1, 2),)), [M, 2], M)
