@@ -9,10 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from vllm import LLM, SamplingParams
 
 from vllm_sdar.config import SdarOptions
 from vllm_sdar.decoding import Sampling
+from vllm_sdar.logit_rules import LogitRules
 from vllm_sdar.reference import ReferenceDecoder, Request
 
 
@@ -69,7 +71,21 @@ def reference_request(p: SamplingParams) -> Request:
         stop_token_ids=tuple(p.stop_token_ids or ()),
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
+        rules=LogitRules.from_params(p),
+        num_logprobs=p.logprobs,
     )
+
+
+def assert_logprobs_match(got: Any, want: list[tuple[list[int], list[float], int]]) -> None:
+    """vLLM's per-token {id: Logprob} against the reference's rows."""
+    assert got is not None and len(got) == len(want)
+    for position, (ids, values, rank) in zip(got, want, strict=True):
+        assert set(position) == set(ids), (sorted(position), ids)
+        for tok, val in zip(ids, values, strict=True):
+            assert position[tok].logprob == pytest.approx(val, rel=1e-4, abs=1e-4)
+        # The engine's and the reference's logits differ by float rounding, so a
+        # sampled token's rank among ~152k near-equal logits may move a little.
+        assert abs(position[ids[0]].rank - rank) <= max(2, rank // 100)
 
 
 def generate_ids(
@@ -89,13 +105,18 @@ def assert_matches_reference(
     ref: ReferenceDecoder,
     prompts: Sequence[Sequence[int]],
     ps: SamplingParams | Sequence[SamplingParams],
+    got: Sequence[Any] | None = None,
 ) -> list[Any]:
+    """got: the engine's outputs when the caller already generated them."""
     ps_list = list(ps) if not isinstance(ps, SamplingParams) else [ps] * len(prompts)
-    got = generate_ids(llm, prompts, ps_list)
+    if got is None:
+        got = generate_ids(llm, prompts, ps_list)
     for prompt, p, out in zip(prompts, ps_list, got, strict=True):
         want = ref.generate_one(prompt, reference_request(p))
         context = f"prompt len {len(prompt)}, params {p.extra_args}, seed {p.seed}"
         assert list(out.token_ids) == want.token_ids, context
         assert out.finish_reason == want.finish_reason, context
         assert denoise_forwards(out) == want.num_denoise_forwards, context
-    return got
+        if p.logprobs is not None:
+            assert_logprobs_match(out.logprobs, want.logprobs)
+    return list(got)

@@ -253,12 +253,11 @@ def test_prefix_cache_hits_keep_outputs(llm: LLM, ref: ReferenceDecoder) -> None
         ({"confidence_threshold": 1.5}, "confidence_threshold"),
         ({"confidence_threshold": 0}, "confidence_threshold"),
         ({"eb_threshold": -0.1}, "eb_threshold"),
-        ({"logprobs": 2}, "logprobs"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"prompt_logprobs": 2}, "prompt_logprobs"),
     ],
 )
 def test_invalid_options_rejected_engine_survives(llm: LLM, extra: dict, name: str) -> None:
-    sdar = {k: v for k, v in extra.items() if k in ("logprobs", "presence_penalty")}
+    sdar = {k: v for k, v in extra.items() if k == "prompt_logprobs"}
     bad = params(max_tokens=4, **{k: v for k, v in extra.items() if k not in sdar}, **sdar)
     # A ValueError as the brief asks, and vLLM's own validation error type.
     with pytest.raises(ValueError, match=name) as err:

@@ -23,7 +23,8 @@ import pytest
 
 from vllm_sdar.config import SdarOptions
 from vllm_sdar.decoding import Sampling
-from vllm_sdar.reference import ReferenceDecoder, Request
+from vllm_sdar.logit_rules import LogitRules
+from vllm_sdar.reference import ReferenceDecoder, Request, Result
 from vllm_sdar.server_process import cli, metric_totals, serve, server_env
 
 pytestmark = pytest.mark.engine
@@ -74,6 +75,10 @@ def prompt_ids(length: int, salt: int = 0) -> list[int]:
 
 
 def reference(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) -> list[int]:
+    return reference_result(ref, prompt, body).token_ids
+
+
+def reference_result(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) -> Result:
     extra = {k: body[k] for k in SdarOptions.KEYS if k in body}
     extra.setdefault("confidence_threshold", DEPLOY_THRESHOLD)
     request = Request(
@@ -86,8 +91,12 @@ def reference(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) ->
         ),
         options=SdarOptions.parse(extra),
         ignore_eos=body.get("ignore_eos", False),
+        rules=LogitRules(
+            **{k: body[k] for k in ("repetition_penalty", "presence_penalty") if k in body}
+        ),
+        num_logprobs=body.get("logprobs"),
     )
-    return ref.generate_one(prompt, request).token_ids
+    return ref.generate_one(prompt, request)
 
 
 def complete(client: openai.OpenAI, prompt: list[int], **body: Any) -> Any:
@@ -207,7 +216,7 @@ def test_32_concurrent_streams(server: str, ref: ReferenceDecoder) -> None:
         ({"confidence_threshold": 0}, "confidence_threshold"),
         ({"confidence_threshold": 1.01}, "confidence_threshold"),
         ({"eb_threshold": -1}, "eb_threshold"),
-        ({"logprobs": 1}, "logprobs"),
+        ({"prompt_logprobs": 1}, "prompt_logprobs"),
         ({"structured_outputs": {"choice": ["yes", "no"]}}, "structured_outputs"),
         ({"response_format": {"type": "json_object"}}, "structured_outputs"),
     ],
@@ -220,6 +229,59 @@ def test_invalid_request_is_400_and_server_keeps_serving(
     assert param in str(err.value)
     ok = complete(client, prompt_ids(4), max_tokens=4, temperature=0.0, ignore_eos=True)
     assert len(ok.choices[0].token_ids) == 4
+
+
+# --- logprobs and penalties (issue 15) ---------------------------------------
+
+
+def test_completion_logprobs_and_penalty_match_reference(
+    client: openai.OpenAI, ref: ReferenceDecoder
+) -> None:
+    prompt = prompt_ids(7)
+    body = {"max_tokens": 10, "temperature": 0.0, "ignore_eos": True, "logprobs": 2}
+    body["repetition_penalty"] = 1.4
+    want = reference_result(ref, prompt, body)
+    out = complete(client, prompt, **body).choices[0]
+    assert list(out.token_ids) == want.token_ids
+    lp = out.logprobs
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(want.logprobs) == 10
+    for got, top, (ids, values, _) in zip(
+        lp.token_logprobs, lp.top_logprobs, want.logprobs, strict=True
+    ):
+        assert got == pytest.approx(values[0], abs=1e-4)
+        # The top 2 plus the chosen token when it is not among them (raw
+        # logprobs: the penalty may have moved it down), as vLLM shows them.
+        expected = dict(zip(ids, values, strict=True))
+        assert sorted(top.values()) == pytest.approx(sorted(expected.values()), abs=1e-4)
+    # Streaming: each block's chunk carries its tokens' logprobs.
+    chunks = [c.choices[0] for c in complete(client, prompt, stream=True, **body)]
+    streamed = [v for c in chunks if c.logprobs for v in c.logprobs.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    assert all(len(c.logprobs.token_logprobs) == len(c.token_ids) for c in chunks if c.token_ids)
+
+
+def test_chat_logprobs_and_top_logprobs(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say something."}],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    ).choices[0]
+    content = out.logprobs.content
+    assert len(content) == 8
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one of its step.
+        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))
+
+
+def test_prompt_logprobs_400_says_why(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        complete(client, prompt_ids(4), max_tokens=4, prompt_logprobs=1)
+    assert "no next-token distribution at prompt positions" in str(err.value)
 
 
 def _metric(base: str, name: str) -> float:

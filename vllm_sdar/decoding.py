@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm_sdar.logit_rules import BlockRows, LogitRules, apply_logit_rules, apply_min_p
+
 # First candidate count when searching a top-p nucleus (see filter_top_k_top_p).
 NUCLEUS_FIRST_K = 1024
 
@@ -131,6 +133,7 @@ def propose(
     sampling: Sampling,
     generator: torch.Generator | None = None,
     with_entropy: bool = True,
+    min_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Draw x0 for each row of [n, V] logits: (x0, confidence, entropy).
 
@@ -138,7 +141,9 @@ def propose(
     softmax(logits / T) (spec choice); entropy is of that same distribution
     (None unless asked for: only entropy_bounded reads it). Greedy = argmax
     with confidence softmax(logits)[argmax] (the release's "greedy": top_k = 1
-    at temperature 1).
+    at temperature 1). min_p (sampling only, as in vLLM, where it is an
+    argmax-invariant processor) removes tokens after temperature and, unlike
+    top-k/top-p, before confidence: it is one of the logits transforms.
 
     Written as max + logsumexp (two passes over the vocabulary) rather than a
     full log_softmax: this runs for every open slot of every request each
@@ -146,6 +151,8 @@ def propose(
     """
     logits = logits.float()
     scaled = logits if sampling.greedy else logits / sampling.temperature
+    if min_p > 0.0 and not sampling.greedy:
+        scaled = apply_min_p(scaled, torch.full((scaled.shape[0],), float(min_p)))
     lse = torch.logsumexp(scaled, dim=-1)
     if sampling.greedy:
         top, x0 = torch.max(scaled, dim=-1)  # first maximum, like argmax
@@ -249,7 +256,7 @@ def denoise_step(
     denoising: Denoising,
     sampling: Sampling,
     generator: torch.Generator | None = None,
-    rules: OutputRules | None = None,
+    output_rules: OutputRules | None = None,
     first_output_pos: int = 0,
 ) -> torch.Tensor:
     """One denoising step of one block.
@@ -259,7 +266,90 @@ def denoise_step(
     holds the MASK id. masked_logits: [M, V] the network's logits at the
     M MASK slots, in position order (no shift: a slot's logits predict that
     slot). Only masked slots are ever written, so the caller computes no
-    logits (no lm_head rows) for decided ones. Returns the new tokens.
+    logits (no lm_head rows) for decided ones. first_output_pos: index of
+    tokens[0] in the generated output (for min_tokens). Returns the new tokens.
+    """
+    new_tokens, _ = denoise_step_full(
+        tokens,
+        masked_logits,
+        mask_id,
+        step,
+        denoising,
+        sampling,
+        generator,
+        output_rules=output_rules,
+        first_output_pos=first_output_pos,
+    )
+    return new_tokens
+
+
+# --- logits transforms and logprobs (sampling parity, issue 15) -------------
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a block's logits transforms read besides the block itself.
+
+    generated: the request's final output tokens (or only their trailing
+    `rules.history_needed`); prompt: the prompt ids, for repetition_penalty.
+    """
+
+    rules: LogitRules
+    generated: Sequence[int] = ()
+    prompt: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class SlotLogprobs:
+    """Logprobs of the slots one step unmasked, rows in position order.
+
+    Column 0 is the chosen token, then the top `num_logprobs` (vLLM's
+    layout: LogprobsLists); rank is 1 + the number of tokens more likely.
+    """
+
+    slots: list[int]  # offsets into the block's open slots
+    token_ids: torch.Tensor  # [n, k + 1] int64
+    logprobs: torch.Tensor  # [n, k + 1] float32
+    ranks: torch.Tensor  # [n] int64
+
+
+def gather_logprobs(
+    values: torch.Tensor, chosen: torch.Tensor, num_logprobs: int, as_logprobs: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """vLLM's Sampler.gather_logprobs on [n, V] logits: (ids, values, ranks)."""
+    if as_logprobs:
+        values = torch.log_softmax(values.float(), dim=-1)
+    k = values.shape[-1] if num_logprobs < 0 else min(num_logprobs, values.shape[-1])
+    top_vals, top_ids = torch.topk(values, k, dim=-1)
+    own = values.gather(-1, chosen[:, None])
+    ranks = (values >= own).sum(-1)
+    ids = torch.cat((chosen[:, None], top_ids), dim=1)
+    return ids, torch.cat((own, top_vals), dim=1), ranks
+
+
+def denoise_step_full(
+    tokens: torch.Tensor,
+    masked_logits: torch.Tensor,
+    mask_id: int,
+    step: int,
+    denoising: Denoising,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    context: RuleContext | None = None,
+    num_logprobs: int | None = None,
+    logprobs_mode: str = "raw_logprobs",
+    output_rules: OutputRules | None = None,
+    first_output_pos: int = 0,
+) -> tuple[torch.Tensor, SlotLogprobs | None]:
+    """`denoise_step` with vLLM's logits transforms and logprobs.
+
+    The transforms (`logit_rules`) change every masked row before the
+    proposal, so they move confidence and thus which slots unmask. With
+    num_logprobs set (vLLM's `logprobs`; -1 = whole vocabulary), returns
+    the logprobs of the slots unmasked this step in the distribution of
+    this step: `raw_*` from the network's logits, `processed_*` from the
+    logits the token was drawn from (after the transforms; when sampling
+    also after temperature, min_p, top-k/top-p), as vLLM's logprobs_mode.
     """
     masked = torch.nonzero(tokens == mask_id).flatten()
     if masked.numel() != masked_logits.shape[0]:
@@ -267,19 +357,47 @@ def denoise_step(
             f"{masked.numel()} masked slots but logits for {masked_logits.shape[0]} rows"
         )
     if masked.numel() == 0:
-        return tokens
+        return tokens, None
+    rules = context.rules if context is not None else None
+    # MASK and (below min_tokens) stop ids first: no transform may revive them.
+    logits = forbid_invalid_tokens(masked_logits, mask_id, first_output_pos + masked, output_rules)
+    if rules is not None and rules.changes_logits:
+        rows = BlockRows(rules, tokens.tolist(), mask_id, context.generated, context.prompt)
+        logits = apply_logit_rules(logits.float(), [rows])
+    min_p = rules.min_p if rules is not None else 0.0
     quota = quota_schedule(denoising.block_size, denoising.steps)
     step_quota = quota[min(step, len(quota) - 1)]
-    masked_logits = forbid_invalid_tokens(masked_logits, mask_id, first_output_pos + masked, rules)
     x0, confidence, entropy = propose(
-        masked_logits, sampling, generator, with_entropy=denoising.strategy == "entropy_bounded"
+        logits,
+        sampling,
+        generator,
+        with_entropy=denoising.strategy == "entropy_bounded",
+        min_p=min_p,
     )
     chosen = select_slots(
         confidence.cpu(), None if entropy is None else entropy.cpu(), step_quota, denoising
     )
     out = tokens.clone()
     out[masked[chosen]] = x0.cpu()[chosen].to(out.dtype)
-    return out
+    if num_logprobs is None:
+        return out, None
+    # Rows of slots this step decided (a proposal equal to MASK decides nothing).
+    chosen = chosen[x0.cpu()[chosen] != mask_id]
+    rows = chosen.to(masked_logits.device)
+    if logprobs_mode.startswith("raw"):
+        values = masked_logits[rows].float()
+    else:
+        values = logits[rows].float()
+        if not sampling.greedy:
+            values = values / sampling.temperature
+            if min_p > 0.0:
+                values = apply_min_p(values, torch.full((values.shape[0],), float(min_p)))
+            values = filter_top_k_top_p(values, sampling.top_k, sampling.top_p)
+    ids, vals, ranks = gather_logprobs(
+        values, x0[rows], num_logprobs, logprobs_mode.endswith("logprobs")
+    )
+    slots = masked[chosen].tolist()
+    return out, SlotLogprobs(slots, ids.cpu(), vals.cpu(), ranks.cpu())
 
 
 def truncate_at_stop(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_sdar.decoding import Denoising, OutputRules, Sampling
+from vllm_sdar.decoding import Denoising, OutputRules, RuleContext, Sampling
 
 # SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
 # is a plain dataclass, pickled whole to workers (multiprocessing and Ray).
@@ -28,8 +28,12 @@ class BlockPlan:
     seed: int
     denoising: Denoising
     sampling: Sampling
-    rules: OutputRules  # min_tokens: stop ids forbidden at early output positions
+    output_rules: OutputRules  # min_tokens: stop ids forbidden at early output positions
     first_output_pos: int  # index of block_tokens[0] in the generated output
+    # Logits transforms and what they read (None: the request uses none, and
+    # nothing more is shipped); vLLM's `logprobs` (None: not asked).
+    context: RuleContext | None = None
+    num_logprobs: int | None = None
 
     @property
     def block_tokens(self) -> list[int]:

@@ -26,13 +26,15 @@ from vllm_sdar.config import (
 from vllm_sdar.decoding import (
     Denoising,
     OutputRules,
+    RuleContext,
     Sampling,
-    denoise_step,
+    denoise_step_full,
     first_block,
     step_generator,
     truncate_at_stop,
 )
 from vllm_sdar.hf_model import SDARForCausalLM, model_class_for
+from vllm_sdar.logit_rules import LogitRules
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class Request:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     min_tokens: int = 0
+    rules: LogitRules = field(default_factory=LogitRules)
+    num_logprobs: int | None = None  # vLLM's `logprobs`
+
+
+# One output token's logprobs: (token ids, values, rank of the chosen token),
+# ids/values led by the chosen token then the top num_logprobs (vLLM's layout).
+TokenLogprobs = tuple[list[int], list[float], int]
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Result:
     finish_reason: str
     num_forwards: int  # every model forward this request ran
     num_denoise_forwards: int  # forwards that denoised a block (no prefill/commit)
+    logprobs: list[TokenLogprobs] | None = None  # one per token, if asked
 
 
 class ReferenceDecoder:
@@ -66,7 +76,9 @@ class ReferenceDecoder:
         max_block_steps: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
+        logprobs_mode: str = "raw_logprobs",
     ) -> None:
+        self.logprobs_mode = logprobs_mode
         register_hf_configs()
         self.config = AutoConfig.from_pretrained(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -107,8 +119,10 @@ class ReferenceDecoder:
             forwards += 1
         block = torch.tensor(list(prompt[start:]) + [self.mask_id] * (B - tail))
         generated: list[int] = []
+        logprobs: list[TokenLogprobs] = []
         while True:
             step = 0
+            block_logprobs: dict[int, TokenLogprobs] = {}
             # Only the generated slots are open: a prompt tail is context even
             # if it contains the MASK token (e.g. a literal "<|MASK|>" typed
             # by the user).
@@ -122,7 +136,8 @@ class ReferenceDecoder:
                 gen = None if sampling.greedy else step_generator(seed, start, step)
                 open_slots = block[tail:]
                 masked = (open_slots == self.mask_id).to(logits.device)
-                block[tail:] = denoise_step(
+                context = RuleContext(request.rules, list(generated), list(prompt))
+                block[tail:], step_logprobs = denoise_step_full(
                     open_slots,
                     logits[tail:][masked],
                     self.mask_id,
@@ -130,14 +145,26 @@ class ReferenceDecoder:
                     denoising,
                     sampling,
                     gen,
-                    rules,
+                    output_rules=rules,
                     first_output_pos=len(generated),
+                    context=context,
+                    num_logprobs=request.num_logprobs,
+                    logprobs_mode=self.logprobs_mode,
                 )
+                if step_logprobs is not None:
+                    for r, slot in enumerate(step_logprobs.slots):
+                        block_logprobs[slot] = (
+                            step_logprobs.token_ids[r].tolist(),
+                            step_logprobs.logprobs[r].tolist(),
+                            int(step_logprobs.ranks[r]),
+                        )
                 step += 1
             generated += block.tolist()[tail:]
+            logprobs += [block_logprobs[i] for i in sorted(block_logprobs)]
             generated, reason = truncate_at_stop(generated, stops, request.max_tokens)
             if reason is not None:
-                return Result(generated, reason, forwards, denoise_forwards)
+                kept = logprobs[: len(generated)] if request.num_logprobs is not None else None
+                return Result(generated, reason, forwards, denoise_forwards, kept)
             self._forward(block.tolist(), start, cache)  # commit the final block
             forwards += 1
             start, tail = start + B, 0

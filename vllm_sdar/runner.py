@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.attention import make_block_causal
 from vllm_sdar.config import resolve_block_size
-from vllm_sdar.decoding import denoise_step, step_generator
+from vllm_sdar.decoding import SlotLogprobs, denoise_step_full, step_generator
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.support import check_attention_backend
 
@@ -88,6 +88,7 @@ class SdarRunnerMixin:
         plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
         logits = state.logits
         sampled: list[list[int]] = []
+        step_logprobs: list[SlotLogprobs | None] = []
         offset = 0
         for req_id, count in self._sdar_rows:
             # Under tensor parallelism only the driver rank holds the gathered
@@ -95,6 +96,7 @@ class SdarRunnerMixin:
             # reaches the scheduler.
             if count == 0 or logits is None:
                 sampled.append([])
+                step_logprobs.append(None)
                 continue
             plan = plans[req_id]
             generator = (
@@ -102,7 +104,7 @@ class SdarRunnerMixin:
                 if plan.sampling.greedy
                 else step_generator(plan.seed, plan.block_start, plan.step)
             )
-            new_block = denoise_step(
+            new_block, slot_logprobs = denoise_step_full(
                 torch.tensor(plan.block_tokens),
                 logits[offset : offset + count],
                 plan.mask_id,
@@ -110,17 +112,52 @@ class SdarRunnerMixin:
                 plan.denoising,
                 plan.sampling,
                 generator,
-                plan.rules,
-                plan.first_output_pos,
+                output_rules=plan.output_rules,
+                first_output_pos=plan.first_output_pos,
+                context=plan.context,
+                num_logprobs=plan.num_logprobs,
+                logprobs_mode=self.model_config.logprobs_mode,
             )
             offset += count
             sampled.append(new_block.tolist())
+            step_logprobs.append(slot_logprobs)
         return ModelRunnerOutput(
             req_ids=[req_id for req_id, _ in self._sdar_rows],
             req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
             sampled_token_ids=sampled,
+            logprobs=_logprobs_lists(step_logprobs),
             kv_connector_output=kv_output,
         )
+
+
+def _logprobs_lists(per_request: list[SlotLogprobs | None]) -> LogprobsLists | None:
+    """Every request's unmasked-slot rows in one LogprobsLists.
+
+    Request i's rows are cu_num_generated_tokens[i]:[i + 1] (slots unmasked
+    this step, position order); columns are padded to the widest request
+    (-inf, id 0) and the scheduler cuts each request back to its own width.
+    """
+    if all(lp is None for lp in per_request):
+        return None
+    width = max(lp.token_ids.shape[1] for lp in per_request if lp is not None)
+    cu, ids, vals, ranks = [0], [], [], []
+    for lp in per_request:
+        n = 0 if lp is None else len(lp.slots)
+        cu.append(cu[-1] + n)
+        if not n:
+            continue
+        pad = width - lp.token_ids.shape[1]
+        ids.append(np.pad(lp.token_ids.numpy(), ((0, 0), (0, pad))))
+        vals.append(np.pad(lp.logprobs.numpy(), ((0, 0), (0, pad)), constant_values=-np.inf))
+        ranks.append(lp.ranks.numpy())
+    if not ids:
+        return LogprobsLists(
+            np.zeros((0, width), np.int64),
+            np.zeros((0, width), np.float32),
+            np.zeros(0, np.int64),
+            cu,
+        )
+    return LogprobsLists(np.concatenate(ids), np.concatenate(vals), np.concatenate(ranks), cu)
 
 
 class SdarCPUModelRunner(SdarRunnerMixin, CPUModelRunner):

@@ -27,20 +27,22 @@ import logging
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.sched.utils import remove_all
 from vllm.v1.engine import EngineCoreEventType, EngineCoreOutput, EngineCoreOutputs
 from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
-from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from vllm_sdar.config import SdarDeployment
-from vllm_sdar.decoding import Denoising, OutputRules, Sampling, first_block
+from vllm_sdar.decoding import Denoising, OutputRules, RuleContext, Sampling, first_block
+from vllm_sdar.logit_rules import LogitRules
 from vllm_sdar.plan import PLANS_ATTR, BlockPlan
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
@@ -57,8 +59,12 @@ class BlockState:
     denoising: Denoising
     sampling: Sampling
     seed: int
-    rules: OutputRules
+    output_rules: OutputRules
     step: int = 0
+    rules: LogitRules | None = None  # None: no logits transforms
+    num_logprobs: int | None = None
+    # slot -> (ids, values, rank) from the step that unmasked it (logprobs only)
+    logprobs: dict[int, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
 
 
 class SdarScheduler(Scheduler):
@@ -75,6 +81,7 @@ class SdarScheduler(Scheduler):
             raise ValueError("SDAR serves generation requests only")
         B = self.sdar.block_size
         start, tail = first_block(request.num_prompt_tokens, B)
+        rules = LogitRules.from_params(params)
         self.blocks[request.request_id] = BlockState(
             block_start=start,
             tokens=[self.sdar.mask_id] * (B - tail),
@@ -90,10 +97,12 @@ class SdarScheduler(Scheduler):
             seed=params.seed if params.seed is not None else random.getrandbits(62),
             # all_stop_token_ids: stop_token_ids and every EOS id, as vLLM's
             # own min_tokens processor uses them (also under ignore_eos).
-            rules=OutputRules(
+            output_rules=OutputRules(
                 min_tokens=params.min_tokens,
                 stop_ids=tuple(sorted(params.all_stop_token_ids)),
             ),
+            rules=rules if rules.changes_logits or rules.min_p else None,
+            num_logprobs=params.logprobs,
         )
         # Each denoising forward is reported like a speculative "verify step":
         # drafted = open slots predicted, accepted = slots unmasked.
@@ -127,6 +136,8 @@ class SdarScheduler(Scheduler):
         else:
             token_ids = request.all_token_ids[first : computed + num_new]
         return num_new, BlockPlan(
+            context=self._rule_context(request, state) if num_logits else None,
+            num_logprobs=state.num_logprobs,
             first_pos=first,
             token_ids=list(token_ids),
             num_logits=num_logits,
@@ -136,12 +147,24 @@ class SdarScheduler(Scheduler):
             seed=state.seed,
             denoising=state.denoising,
             sampling=state.sampling,
-            rules=state.rules,
+            output_rules=state.output_rules,
             first_output_pos=state.block_start
             + self.sdar.block_size
             - len(state.tokens)
             - request.num_prompt_tokens,
         )
+
+    @staticmethod
+    def _rule_context(request: Request, state: BlockState) -> RuleContext | None:
+        """Only what the request's rules read travels with the plan."""
+        rules = state.rules
+        if rules is None:
+            return None
+        need = rules.history_needed
+        out = request.output_token_ids
+        generated = tuple(out if need is None else out[len(out) - need :] if need else ())
+        prompt = tuple(request.prompt_token_ids or ()) if rules.repetition_penalty != 1.0 else ()
+        return RuleContext(rules, generated, prompt)
 
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         self.current_step += 1
@@ -244,6 +267,44 @@ class SdarScheduler(Scheduler):
         self.reset_preempted_req_ids = set()
         return output
 
+    # -- logprobs ------------------------------------------------------------
+
+    def _keep_logprobs(
+        self, state: BlockState, new_tokens: list[int], output: ModelRunnerOutput, req_id: str
+    ) -> None:
+        """Store the runner's rows for the slots this step unmasked.
+
+        The runner sends one row per slot that went from MASK to a token, in
+        position order (rows cu[i]:cu[i+1] of request i), the same rule as here.
+        """
+        lists = output.logprobs
+        mask = self.sdar.mask_id
+        slots = [
+            i for i, (old, new) in enumerate(zip(state.tokens, new_tokens)) if old == mask != new
+        ]
+        if lists is None or not slots:
+            return
+        start = lists.cu_num_generated_tokens[output.req_id_to_index[req_id]]
+        width = state.num_logprobs + 1 if state.num_logprobs >= 0 else None
+        for r, slot in enumerate(slots, start):
+            state.logprobs[slot] = (
+                lists.logprob_token_ids[r, :width],
+                lists.logprobs[r, :width],
+                int(lists.sampled_token_ranks[r]),
+            )
+
+    @staticmethod
+    def _block_logprobs(state: BlockState, num_final: int) -> LogprobsLists | None:
+        """The final tokens' rows, in vLLM's layout, for one output."""
+        if state.num_logprobs is None or num_final == 0:
+            return None
+        rows = [state.logprobs[i] for i in range(num_final)]
+        return LogprobsLists(
+            logprob_token_ids=np.stack([r[0] for r in rows]),
+            logprobs=np.stack([r[1] for r in rows]),
+            sampled_token_ranks=np.array([r[2] for r in rows]),
+        )
+
     # -- results -------------------------------------------------------------
 
     def _finish_unconverged(
@@ -295,6 +356,8 @@ class SdarScheduler(Scheduler):
             request.spec_decode_metrics.observe(
                 num_draft_tokens=was_open, num_accepted=was_open - still_open
             )
+            if state.num_logprobs is not None:
+                self._keep_logprobs(state, new_tokens, model_runner_output, req_id)
             state.tokens, state.step = list(new_tokens), state.step + 1
             if step_stats is not None:
                 step_stats.num_drafts += 1
@@ -310,6 +373,7 @@ class SdarScheduler(Scheduler):
 
             # The block is final: its tokens become the request's output.
             final, done = self._update_request_with_output(request, list(new_tokens))
+            new_logprobs = self._block_logprobs(state, len(final))
             if step_stats is not None:
                 step_stats.num_accepted_tokens += len(final)
             next_start = state.block_start + self.sdar.block_size
@@ -319,6 +383,7 @@ class SdarScheduler(Scheduler):
             if not done:
                 state.block_start, state.step = next_start, 0
                 state.tokens = [mask] * self.sdar.block_size
+                state.logprobs = {}
             finish_reason = request.get_finished_reason() if done else None
             prefill_stats = request.take_prefill_stats()
             if prefill_stats is not None:
@@ -327,6 +392,7 @@ class SdarScheduler(Scheduler):
                 EngineCoreOutput(
                     request_id=req_id,
                     new_token_ids=final,
+                    new_logprobs=new_logprobs,
                     finish_reason=finish_reason,
                     stop_reason=request.stop_reason,
                     events=request.take_events(),

@@ -91,24 +91,21 @@ def validate_request(params: SamplingParams, deployment: SdarDeployment | None) 
     if params.structured_outputs is not None:
         _reject(
             "structured_outputs",
-            "structured outputs / guided decoding are not supported with SDAR block diffusion",
+            "structured outputs / guided decoding are not supported with SDAR block diffusion: "
+            "a grammar constrains the next token given every earlier one, while SDAR decides "
+            "the slots of a block in confidence order, not left to right",
         )
-    if params.logprobs is not None:
-        _reject("logprobs", "logprobs are not supported with SDAR block diffusion")
     if params.prompt_logprobs is not None:
-        _reject("prompt_logprobs", "prompt_logprobs are not supported with SDAR block diffusion")
-    unsupported = {
-        "presence_penalty": params.presence_penalty != 0.0,
-        "frequency_penalty": params.frequency_penalty != 0.0,
-        "repetition_penalty": params.repetition_penalty != 1.0,
-        "min_p": params.min_p != 0.0,
-        "logit_bias": bool(params.logit_bias),
-        "allowed_token_ids": bool(params.allowed_token_ids),
-        "bad_words": bool(params.bad_words),
-    }
-    for name, is_set in unsupported.items():
-        if is_set:
-            _reject(name, f"{name} is not supported with SDAR block diffusion")
+        _reject(
+            "prompt_logprobs",
+            "prompt_logprobs are not supported with SDAR block diffusion: the model has no "
+            "next-token distribution at prompt positions (its logits at a position predict "
+            "that position's masked token, and prompt positions are never masked)",
+        )
+    if getattr(params, "logprob_token_ids", None):
+        _reject(
+            "logprob_token_ids", "logprob_token_ids are not supported with SDAR block diffusion"
+        )
     return options
 
 
