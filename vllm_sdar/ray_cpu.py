@@ -62,10 +62,9 @@ def _checked(initialize: Any) -> Any:
             raise RuntimeError(
                 f"vLLM's Ray executor on CPU places each of the {parallel_config.world_size} "
                 f"ranks on the custom Ray resource {RESOURCE!r}; this cluster offers {have:g}. "
-                f"Start Ray with `ray start --head --resources '{{\"{RESOURCE}\": "
+                f'Start Ray with `ray start --head --resources \'{{"{RESOURCE}": '
                 f"{parallel_config.world_size}}}'` (or ray.init(resources=...))."
             )
         return initialize(parallel_config, *args, **kwargs)
 
     return initialize_ray_cluster
-

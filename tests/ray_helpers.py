@@ -1,0 +1,36 @@
+"""A local Ray cluster a test module starts and stops itself.
+
+A new local head on this machine only (never an existing cluster's
+address); Ray's workers run at nice 0 (its default of 15 stretched a Serve
+deploy past 10 minutes on two busy cores, see shared/notes/platform.md);
+`ray stop` in teardown leaves no Ray process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+
+
+@contextmanager
+def local_ray(**resources: float) -> Iterator[Any]:
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 (Ray's spelling)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        resources=resources or None,
+        include_dashboard=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
