@@ -51,6 +51,10 @@ def _tp2_over_ray_matches(model: Path, seed: int, cluster: Any) -> None:
         assert len(executor.ray_worker_handles) == 2
         assert cluster.available_resources().get(RESOURCE, 0) == 0
         got = assert_matches_reference(llm, ref, prompts, ps)
+        group = llm.llm_engine.vllm_config.parallel_config.placement_group
+    # vLLM's executor shutdown leaves its placement group; the next engine
+    # of this module would wait for the resources it holds.
+    cluster.util.remove_placement_group(group)
     assert [list(o.token_ids) for o in got] == tp1
 
 

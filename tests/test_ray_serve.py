@@ -90,15 +90,17 @@ def complete(client: openai.OpenAI, prompt: list[int], **body: Any) -> Any:
 
 
 def _replica_calls() -> dict[str, int]:
-    """Requests each engine replica answered, from Ray Serve's per-replica logs."""
+    """Completions each replica answered, from Ray Serve's per-replica access
+    logs ("CALL completions OK ..." is logged by the engine replica that ran
+    the call; the router logs the HTTP route instead)."""
     import ray
 
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     calls = {}
-    for path in logs.glob("replica_sdar_LLMServer*.log"):
-        calls[path.name] = sum(
-            "CALL completions OK" in line for line in path.read_text().splitlines()
-        )
+    for path in logs.glob("replica_sdar_*.log"):
+        n = sum("CALL completions OK" in line for line in path.read_text().splitlines())
+        if n:
+            calls[path.name] = n
     return calls
 
 
@@ -121,11 +123,11 @@ def test_completions_equal_offline_on_both_replicas(
     deadline = time.monotonic() + 30  # Ray flushes replica logs asynchronously
     while True:
         calls = _replica_calls()
-        if (len(calls) == 2 and all(calls.values())) or time.monotonic() > deadline:
+        if (len(calls) == 2 and sum(calls.values()) >= len(CASES)) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(calls) == 2 and all(calls.values()), calls
-    assert sum(calls.values()) >= len(CASES)
+    assert len(calls) == 2, calls
+    assert sum(calls.values()) >= len(CASES), calls
 
 
 def test_chat_equals_offline(client: openai.OpenAI, offline: dict[str, Any]) -> None:
