@@ -37,6 +37,19 @@ def _one_core_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
 
 
+def test_cluster_without_the_resource_fails_at_start(tiny_dense: Path) -> None:
+    """A cluster offering no `vllm_cpu`: refused at once, naming the resource.
+
+    Its own short-lived cluster, before the module's (one Ray per machine).
+    """
+    with (
+        local_ray(),
+        pytest.raises(RuntimeError, match=RESOURCE),
+        sdar_llm(tiny_dense, tensor_parallel_size=2, distributed_executor_backend="ray"),
+    ):
+        pass
+
+
 def _tp2_over_ray_matches(model: Path, seed: int, cluster: Any) -> None:
     prompts, ps = mixed_workload(4, n=6, seed=seed)
     with sdar_llm(model) as llm:
@@ -64,12 +77,3 @@ def test_dense_tp2_over_ray(tiny_dense: Path, cluster: Any) -> None:
 
 def test_moe_tp2_over_ray(tiny_moe: Path, cluster: Any) -> None:
     _tp2_over_ray_matches(tiny_moe, 4, cluster)
-
-
-def test_cluster_without_the_resource_fails_at_start(tiny_dense: Path, cluster: Any) -> None:
-    """Four ranks on a cluster offering two: refused at once, naming the resource."""
-    with (
-        pytest.raises(Exception, match=RESOURCE),
-        sdar_llm(tiny_dense, tensor_parallel_size=4, distributed_executor_backend="ray"),
-    ):
-        pass
