@@ -66,7 +66,10 @@ def test_dp2_equals_reference_on_both_engines(server: str, tiny_dense: Path) -> 
 
     def one(case: tuple[list[int], dict[str, Any]]) -> list[int]:
         prompt, opts = case
-        extra = {"ignore_eos": True, "return_token_ids": True, **opts}
+        # vLLM's own route for extra_args: with DP, vLLM starts one API server
+        # process per rank (ApiServer_N), where the plugin's top-level SDAR
+        # fields are not installed (they are MainProcess-only; issue 13).
+        extra = {"ignore_eos": True, "return_token_ids": True, "vllm_xargs": opts}
         out = client.completions.create(
             model=MODEL, prompt=prompt, max_tokens=10, temperature=0.0, extra_body=extra
         )
