@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -31,9 +33,23 @@ def local_ray(**resources: float) -> Iterator[Any]:
         resources=resources or None,
         include_dashboard=False,
     )
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     try:
         yield ray
     finally:
         ray.shutdown()
+        _kill_children_of_session(raylet)
         ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
         subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
+def _kill_children_of_session(raylet: int) -> None:
+    """vLLM engine cores a Ray worker spawned are no Ray processes: when their
+    replica dies abruptly `ray stop` leaves them. They carry the raylet's pid."""
+    mark = f"RAY_RAYLET_PID={raylet}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            continue

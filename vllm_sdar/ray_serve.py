@@ -35,9 +35,9 @@ def llm_config(
     """The Ray Serve `LLMConfig` of one SDAR model.
 
     Autoscaling between `min_replicas` and `max_replicas` (Ray Serve scales
-    on ongoing requests). On CPU a replica and its engine share a fraction of
-    a core of Ray's bookkeeping (`cpus_per_replica`); vLLM's CPU threads are
-    not limited by it.
+    on ongoing requests). On CPU a replica and its engine hold
+    `cpus_per_replica` of Ray's CPU bookkeeping (the OpenAI router holds
+    one more); vLLM's CPU threads are not limited by it.
     """
     from ray.serve.llm import LLMConfig
 
@@ -51,7 +51,9 @@ def llm_config(
     }
     extra: dict[str, Any] = {}
     if cpu:
-        deployment["ray_actor_options"] = {"num_cpus": cpus_per_replica}
+        # Ray Serve LLM adds the replica actor's CPUs to its engine's bundle;
+        # the engine's share is the bundle, the actor itself asks for none.
+        deployment["ray_actor_options"] = {"num_cpus": 0}
         extra = {
             "accelerator_config": {"kind": "cpu"},
             "placement_group_config": {"bundles": [{"CPU": cpus_per_replica}]},
