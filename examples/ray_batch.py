@@ -23,15 +23,16 @@ ENGINE_KWARGS: dict[str, Any] = {"dtype": "float32", "max_model_len": 256, "enfo
 
 def rows() -> list[dict[str, Any]]:
     """Additions, each with its own remasking options."""
+    # Every row names all four options: Ray Data stores rows as Arrow, where
+    # a key missing from some rows turns an int column into floats (2 -> 2.0).
+    common = {"denoising_steps": 4, "confidence_threshold": 0.9, "eb_threshold": 1.0}
     options = [
-        {"remasking_strategy": "low_confidence_dynamic", "confidence_threshold": 0.9},
-        {"remasking_strategy": "low_confidence_static", "denoising_steps": 2},
-        {"remasking_strategy": "entropy_bounded", "eb_threshold": 0.5},
-        {},
+        {**common, "remasking_strategy": "low_confidence_dynamic"},
+        {**common, "remasking_strategy": "low_confidence_static", "denoising_steps": 2},
+        {**common, "remasking_strategy": "entropy_bounded", "eb_threshold": 0.5},
+        {**common, "remasking_strategy": "sequential"},
     ]
     sums = ["12+34=", "123+456=", "999+1=", "905+97=", "7+8=", "250+250=", "31+69=", "1+1="]
-    # Options as JSON text: Arrow would merge differing dicts into one struct
-    # whose missing keys read back as None.
     return [
         {"prompt": s, "sdar": json.dumps(options[i % len(options)])} for i, s in enumerate(sums)
     ]

@@ -8,6 +8,7 @@ the same requests, and both replicas must have served some of them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,19 +90,28 @@ def complete(client: openai.OpenAI, prompt: list[int], **body: Any) -> Any:
     return client.completions.create(model=MODEL, prompt=prompt, extra_body=extra, **kwargs)
 
 
-def _replica_calls() -> dict[str, int]:
-    """Completions each replica answered, from Ray Serve's per-replica access
-    logs ("CALL completions OK ..." is logged by the engine replica that ran
-    the call; the router logs the HTTP route instead)."""
+def _engine_replicas() -> list[Any]:
+    """Handles of the engine replica actors (named by Ray Serve)."""
     import ray
 
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    calls = {}
-    for path in logs.glob("replica_sdar_*.log"):
-        n = sum("CALL completions OK" in line for line in path.read_text().splitlines())
-        if n:
-            calls[path.name] = n
-    return calls
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::sdar#LLMServer")
+    ]
+
+
+def _busy_while(replicas: list[Any], running: threading.Event) -> list[int]:
+    """Most requests each replica held at once while `running` was set."""
+    import ray
+
+    peak = [0] * len(replicas)
+    deadline = time.monotonic() + 600
+    while running.is_set() and time.monotonic() < deadline:
+        now = ray.get([r.get_num_ongoing_requests.remote() for r in replicas])
+        peak = [max(p, n) for p, n in zip(peak, now)]
+        time.sleep(0.05)
+    return peak
 
 
 def test_served_model(client: openai.OpenAI) -> None:
@@ -116,18 +126,21 @@ def test_completions_equal_offline_on_both_replicas(
         body = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "ignore_eos": True, **opts}
         return list(complete(client, prompt_of(length), **body).choices[0].token_ids)
 
-    # Concurrent, so Serve's router spreads them over the replicas.
-    with ThreadPoolExecutor(len(CASES)) as pool:
-        got = list(pool.map(one, CASES))
+    replicas = _engine_replicas()
+    assert len(replicas) == 2
+    running = threading.Event()
+    running.set()
+    # Concurrent, so Serve's router spreads them over the replicas; each
+    # replica's own count of requests in flight shows it served some.
+    with ThreadPoolExecutor(len(CASES) + 1) as pool:
+        watch = pool.submit(_busy_while, replicas, running)
+        try:
+            got = list(pool.map(one, CASES))
+        finally:
+            running.clear()
+        peak = watch.result()
     assert got == offline["completions"]
-    deadline = time.monotonic() + 30  # Ray flushes replica logs asynchronously
-    while True:
-        calls = _replica_calls()
-        if (len(calls) == 2 and sum(calls.values()) >= len(CASES)) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert len(calls) == 2, calls
-    assert sum(calls.values()) >= len(CASES), calls
+    assert all(peak), peak
 
 
 def test_chat_equals_offline(client: openai.OpenAI, offline: dict[str, Any]) -> None:
