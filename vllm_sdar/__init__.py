@@ -46,3 +46,10 @@ def register() -> None:
             ModelRegistry.register_model(arch, f"vllm_sdar.models:{arch}")
     register_config_hook()
     install_validation_error_passthrough()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # vLLM's Ray executor on CPU (patches/README.md §16).
+        from vllm_sdar.ray_cpu import install as install_ray_cpu
+
+        install_ray_cpu()

@@ -84,6 +84,13 @@ def configure(vllm_config: Any) -> SdarDeployment:
     parallel_config = vllm_config.parallel_config
     if parallel_config.worker_cls == "auto":
         parallel_config.worker_cls = CPU_WORKER if on_cpu else GPU_WORKER
+    if on_cpu and parallel_config.data_parallel_size > 1 and getattr(hf_config, "num_experts", 0):
+        # vLLM 0.32's CPU communicator has no all_gatherv, which every MoE
+        # layer calls under DP > 1: refuse now rather than at the first step.
+        raise ValueError(
+            "data_parallel_size > 1 with a MoE model is not supported on CPU by vLLM 0.32 "
+            "(its CPU communicator lacks all_gatherv); use tensor parallelism"
+        )
     if not on_cpu:
         # The SDAR runner extends the V1 runner; full CUDA graphs would
         # replay attention metadata captured for a different request split.
