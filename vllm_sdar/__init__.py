@@ -23,6 +23,7 @@ def register() -> None:
         install_config_lookup_redirect,
         install_redirects,
     )
+    from vllm_sdar.orphan import exit_with_parent
     from vllm_sdar.validation import install_validation_error_passthrough
 
     register_hf_configs()
@@ -40,3 +41,4 @@ def register() -> None:
             ModelRegistry.register_model(arch, f"vllm_sdar.models:{arch}")
     register_config_hook()
     install_validation_error_passthrough()
+    exit_with_parent()  # engine processes only: they must not outlive their parent
