@@ -32,9 +32,10 @@ def register() -> None:
     check_serve_command()
     if multiprocessing.current_process().name == "MainProcess":
         # Only front ends build OpenAI requests; workers skip the import.
-        from vllm_sdar.serving import install_request_fields
+        from vllm_sdar.serving import guard_model_endpoints, install_request_fields
 
         install_request_fields()
+        guard_model_endpoints()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
         if arch not in supported:

@@ -37,3 +37,39 @@ def install_request_fields() -> None:
     for model in (CompletionRequest, ChatCompletionRequest):
         if not getattr(model.to_sampling_params, "_sdar_wrapped", False):
             model.to_sampling_params = _with_sdar_fields(model.to_sampling_params)
+
+
+# Paths vLLM 0.32 serves outside its API-key prefixes (/v1, /v2, /inference,
+# /cohere) that still run the model, read its tokenizer or change the engine:
+# with --api-key, `POST /invocations` (SageMaker) answered completions to
+# anyone. Health, metrics, version, load and the docs stay open.
+EXTRA_GUARDED_PREFIXES = (
+    "/invocations",
+    "/generative_scoring",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/rerank",
+    "/scale_elastic_ep",
+    "/is_scaling_elastic_ep",
+    "/start_profile",
+    "/stop_profile",
+    "/reset_prefix_cache",
+    "/reset_mm_cache",
+    "/sleep",
+    "/wake_up",
+    "/collective_rpc",
+)
+
+
+def guard_model_endpoints() -> None:
+    """Put every model-reaching path behind --api-key (idempotent; read per
+    request by vLLM's AuthenticationMiddleware)."""
+    from vllm.entrypoints.serve.middleware import authenticate
+
+    guarded = tuple(authenticate.GUARDED_PREFIX)
+    authenticate.GUARDED_PREFIX = guarded + tuple(
+        p for p in EXTRA_GUARDED_PREFIXES if p not in guarded
+    )
