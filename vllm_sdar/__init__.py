@@ -32,9 +32,14 @@ def register() -> None:
     check_serve_command()
     if multiprocessing.current_process().name == "MainProcess":
         # Only front ends build OpenAI requests; workers skip the import.
-        from vllm_sdar.serving import guard_model_endpoints, install_request_fields
+        from vllm_sdar.serving import (
+            guard_model_endpoints,
+            harden_request_validators,
+            install_request_fields,
+        )
 
         install_request_fields()
+        harden_request_validators()
         guard_model_endpoints()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
