@@ -10,8 +10,8 @@ context limit, ~10% of streams cut by the client after their first chunk.
 Checks (`check`): each uncut request answers 200 with every choice finished;
 its text / token ids / finish reasons equal the offline engine's for the same
 input (so no answer carries another request's text); the SDAR committed-token
-counter moves by vLLM's generation-token count and covers the usage of the
-answered requests; at the end nothing runs or waits and the KV cache is empty;
+counter moves by vLLM's generation-token count (up to one block per cut
+stream) and covers the usage of the answered requests; at the end nothing runs or waits and the KV cache is empty;
 the server's memory grows less than MEMORY_BOUND over the second half.
 
 The server gets a small KV cache (`--num-gpu-blocks-override`) with prefix
@@ -368,8 +368,12 @@ def check(
         problems.append(f"cut streams answered {sorted({a.status for _, a in cut})}")
     committed = metric(after, SDAR_COMMITTED) - metric(before, SDAR_COMMITTED)
     generated = metric(after, GEN_TOKENS) - metric(before, GEN_TOKENS)
-    if committed != generated:
-        problems.append(f"SDAR committed {committed} != vLLM generation tokens {generated}")
+    # The engine counts a block it commits in the step a client hangs up;
+    # the front end, which already dropped the request, does not: at most
+    # one block per cut sequence (the full run saw 4 = one block in 61 cuts).
+    cut_blocks = sum(B * j.body.get("n", 1) for j, _ in cut)
+    if not 0 <= committed - generated <= cut_blocks:
+        problems.append(f"SDAR committed {committed} vs vLLM generation tokens {generated}")
     cut_cap = sum(j.body["max_tokens"] * j.body.get("n", 1) for j, _ in cut)
     if not usage_tokens <= committed <= usage_tokens + cut_cap:
         problems.append(
