@@ -11,8 +11,9 @@ Checks (`check`): each uncut request answers 200 with every choice finished;
 its text / token ids / finish reasons equal the offline engine's for the same
 input (so no answer carries another request's text); the SDAR committed-token
 counter moves by vLLM's generation-token count (up to one block per cut
-stream) and covers the usage of the answered requests; at the end nothing runs or waits and the KV cache is empty;
-the server's memory grows less than MEMORY_BOUND over the second half.
+stream) and covers the usage of the answered requests; at the end nothing
+runs or waits and the KV cache is empty; the server's memory grows less
+than MEMORY_BOUND_MIB over the second half.
 
 The server gets a small KV cache (`--num-gpu-blocks-override`) with prefix
 caching on, so the load also preempts and recomputes.
@@ -139,11 +140,11 @@ def make_job(rng: random.Random, index: int) -> Job:
         room = MAX_MODEL_LEN - length
         cap = 32 if rng.random() < 0.7 else room
         body["max_tokens"] = rng.randrange(1, min(cap, room) + 1)
-    stream = rng.random() < 0.5
-    if stream:
+    cut = index % 10 == 3  # exactly 10% of the requests: streams the client cuts
+    if cut or rng.random() < 0.5:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    return Job(index, kind, body, cut=stream and rng.random() < 0.2)
+    return Job(index, kind, body, cut=cut)
 
 
 def _parse_stream_line(line: str, ans: Answer, chat: bool) -> None:

@@ -281,7 +281,7 @@ def test_soak_ci(live: tuple[str, subprocess.Popen, Path], llm: LLM) -> None:
     base, proc, _ = live
     figures = soak.soak(base, proc.pid, llm, "ci", api_key=KEY)
     print("soak (ci):", json.dumps(figures))
-    assert figures["requests"] >= 50 and figures["cut_by_client"] > 0
+    assert figures["requests"] >= 10 and figures["cut_by_client"] > 0
     assert figures["compared_with_llm"] == min(figures["answered"], soak.MODES["ci"]["compare"])
     assert not figures["problems"], figures["problems"]
     # Nothing broken for the next client.
@@ -431,5 +431,5 @@ def test_fuzz_bodies_never_5xx_nor_hang(base: str, llm: LLM, chat: bool) -> None
     client.close()
     FUZZ_COUNTS[path] = sum(statuses.values())
     print(f"fuzz {path}: {sum(statuses.values())} cases, statuses {sorted(statuses.items())}")
-    print("\n".join(["4xx not naming the field:", *unnamed[:30]]))
+    assert not unnamed, "4xx not naming the field:\n" + "\n".join(unnamed[:30])
     assert not any(soak.wait_idle(base).values())
