@@ -48,8 +48,8 @@ B = 4
 KV_PAGES = 8  # of 128 tokens: two max_model_len requests at a time
 MODES = {  # seconds of load, most requests, concurrent clients, answers re-run offline
     # A seeded sample of the answers is re-run offline: on this CPU LLM(...)
-    # re-generated them at ~1/4 of the server's rate (one batch of everything),
-    # so checking all of a 10-minute run would take ~40 minutes.
+    # needs about as long per answer as the server did under load (full run:
+    # 160 answers in 169 s), so checking all would double the run.
     "ci": {"duration_s": 50.0, "max_requests": 300, "concurrency": 8, "compare": 32},
     "full": {"duration_s": 600.0, "max_requests": 20000, "concurrency": 24, "compare": 160},
 }
