@@ -282,7 +282,7 @@ def test_soak_ci(live: tuple[str, subprocess.Popen, Path], llm: LLM) -> None:
     figures = soak.soak(base, proc.pid, llm, "ci", api_key=KEY)
     print("soak (ci):", json.dumps(figures))
     assert figures["requests"] >= 10 and figures["cut_by_client"] > 0
-    assert figures["compared_with_llm"] == min(figures["answered"], soak.MODES["ci"]["compare"])
+    assert figures["compared_with_llm"] >= min(figures["answered"], 8)
     assert not figures["problems"], figures["problems"]
     # Nothing broken for the next client.
     ok = post(base, "/v1/completions", GREEDY)
