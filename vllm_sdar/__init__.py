@@ -24,6 +24,7 @@ def register() -> None:
         install_offline_path_redirect,
         install_redirects,
     )
+    from vllm_sdar.orphan import exit_with_parent
     from vllm_sdar.validation import install_validation_error_passthrough
 
     register_hf_configs()
@@ -35,11 +36,19 @@ def register() -> None:
 
     if is_front_end(multiprocessing.current_process().name):
         # Only front ends build OpenAI requests; workers skip the import.
+        from vllm_sdar.lifecycle import end_requests_on_shutdown
         from vllm_sdar.metrics import install_response_terms
-        from vllm_sdar.serving import install_request_fields
+        from vllm_sdar.serving import (
+            guard_model_endpoints,
+            harden_request_validators,
+            install_request_fields,
+        )
 
         install_request_fields()
         install_response_terms()
+        harden_request_validators()
+        end_requests_on_shutdown()
+        guard_model_endpoints()
     supported = set(ModelRegistry.get_supported_archs())
     for arch in ("SDARForCausalLM", "SDARMoeForCausalLM"):
         if arch not in supported:
@@ -53,3 +62,4 @@ def register() -> None:
         from vllm_sdar.ray_cpu import install as install_ray_cpu
 
         install_ray_cpu()
+    exit_with_parent()  # engine processes only: they must not outlive their parent

@@ -41,8 +41,15 @@ def main() -> None:
     importlib.metadata.version = _version_with_cpu_fallback(importlib.metadata.version)
     from vllm.entrypoints.cli.main import main as vllm_main
 
+    from vllm_sdar.lifecycle import record_engine_death
+
+    # vLLM's server exits 0 after its engine died: a supervisor must see a crash.
+    engine_died = record_engine_death()
     sys.argv[0] = "vllm"
     vllm_main()
+    if engine_died.is_set():
+        print("vllm-sdar: the engine died; exiting with status 1", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -55,11 +55,21 @@ def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float) 
 def serve(args: Sequence[str], cwd: Path, timeout: float) -> Iterator[str]:
     """`vllm-sdar serve ARGS --port <free>` in `cwd` (log: cwd/server.log);
     yields the base URL once /health answers, terminates it on exit."""
+    with serve_process(args, cwd, timeout) as (base, _):
+        yield base
+
+
+@contextmanager
+def serve_process(
+    args: Sequence[str], cwd: Path, timeout: float
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`serve`, also yielding the server process (fault tests signal it and
+    its engine processes)."""
     port = free_port()
     log_path = cwd / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [cli(), "serve", *args, "--port", str(port)],
+            [cli(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=server_env(),
             stdout=log,
@@ -68,7 +78,7 @@ def serve(args: Sequence[str], cwd: Path, timeout: float) -> Iterator[str]:
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_healthy(base, proc, log_path, timeout)
-            yield base
+            yield base, proc
         finally:
             proc.terminate()
             try:

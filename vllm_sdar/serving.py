@@ -10,6 +10,7 @@ Validation stays in `vllm_sdar.validation` (HTTP 400 naming the field).
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,3 +54,82 @@ def install_request_fields() -> None:
     for model in (CompletionRequest, ChatCompletionRequest):
         if not getattr(model.to_sampling_params, "_sdar_wrapped", False):
             model.to_sampling_params = _with_sdar_fields(model.to_sampling_params)
+
+
+# Paths vLLM 0.32 serves outside its API-key prefixes (/v1, /v2, /inference,
+# /cohere) that still run the model, read its tokenizer or change the engine:
+# with --api-key, `POST /invocations` (SageMaker) answered completions to
+# anyone. Health, metrics, version, load and the docs stay open.
+EXTRA_GUARDED_PREFIXES = (
+    "/invocations",
+    "/generative_scoring",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/rerank",
+    "/scale_elastic_ep",
+    "/is_scaling_elastic_ep",
+    "/start_profile",
+    "/stop_profile",
+    "/reset_prefix_cache",
+    "/reset_mm_cache",
+    "/sleep",
+    "/wake_up",
+    "/collective_rpc",
+)
+
+
+def guard_model_endpoints() -> None:
+    """Put every model-reaching path behind --api-key (idempotent; read per
+    request by vLLM's AuthenticationMiddleware)."""
+    from vllm.entrypoints.serve.middleware import authenticate
+
+    guarded = tuple(authenticate.GUARDED_PREFIX)
+    authenticate.GUARDED_PREFIX = guarded + tuple(
+        p for p in EXTRA_GUARDED_PREFIXES if p not in guarded
+    )
+
+
+def _guarded(name: str, validator: Callable[..., Any]) -> Callable[..., Any]:
+    def guard(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except (AttributeError, TypeError, KeyError) as e:
+            # A ValueError becomes pydantic's ValidationError: HTTP 400.
+            raise ValueError(f"invalid request ({name.strip('_')}): {e}") from e
+
+    # pydantic inspects the signature: (data) or (data, info).
+    if len(inspect.signature(validator).parameters) == 1:
+
+        def before(data: Any) -> Any:
+            return guard(lambda: validator(data))
+    else:
+
+        def before(data: Any, info: Any) -> Any:
+            return guard(lambda: validator(data, info))
+
+    before._sdar_guarded = True  # type: ignore[attr-defined]
+    return before
+
+
+def harden_request_validators() -> None:
+    """vLLM's "before" validators of the completion and chat request models
+    assume the JSON types they expect (`{"structured_outputs": false}` ran
+    `False.get(...)`): such a crash escaped pydantic and answered HTTP 500.
+    Each is wrapped so a type error in the body is a 400 naming the check
+    (idempotent; the models are rebuilt before the server builds its routes)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    for model in (CompletionRequest, ChatCompletionRequest):
+        changed = False
+        for name, decorator in model.__pydantic_decorators__.model_validators.items():
+            if decorator.info.mode == "before" and not getattr(
+                decorator.func, "_sdar_guarded", False
+            ):
+                decorator.func = _guarded(name, decorator.func)
+                changed = True
+        if changed:
+            model.model_rebuild(force=True)

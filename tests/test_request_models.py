@@ -1,0 +1,33 @@
+"""The OpenAI request models with the plugin's hardening, without a server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+from vllm_sdar.serving import harden_request_validators
+
+COMPLETION = {"model": "m", "prompt": "hi"}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    "model,base", [(CompletionRequest, COMPLETION), (ChatCompletionRequest, CHAT)]
+)
+@pytest.mark.parametrize("field,value", [("structured_outputs", False), ("structured_outputs", 7),
+                                         ("structured_outputs", "json")])  # fmt: skip
+def test_wrong_json_types_are_validation_errors(
+    model: Any, base: dict[str, Any], field: str, value: Any
+) -> None:
+    """Regression: `{"structured_outputs": false}` raised AttributeError inside
+    vLLM's validator, which the server answered with HTTP 500."""
+    harden_request_validators()
+    harden_request_validators()  # idempotent
+    with pytest.raises(pydantic.ValidationError) as err:
+        model.model_validate({**base, field: value})
+    assert field in str(err.value)
+    assert model.model_validate(base).model == "m"  # valid bodies still parse
