@@ -90,7 +90,7 @@ def verify(llm: Any, spec: EngineSpec) -> dict[str, Any]:
     """Check the engine is the one we mean to measure; return its class names."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from vllm_sdar.scheduler import SdarScheduler
+    from vllm_sdar.engine.scheduler import SdarScheduler
 
     scheduler, runner = scheduler_of(llm), runner_of(llm)
     hf_config = llm.llm_engine.model_config.hf_config
@@ -173,7 +173,7 @@ def timed_generate(llm: Any, batch: list[Any], params: Any) -> BatchRun:
     metrics = [c.spec_decode_metrics for c in completions]
     forwards = None
     if all(m is not None for m in metrics):
-        # Per-request SDAR counts (see vllm_sdar.scheduler): one histogram
+        # Per-request SDAR counts (see vllm_sdar.engine.scheduler): one histogram
         # entry per denoising forward.
         forwards = [int(sum(m.histogram)) for m in metrics]
     return BatchRun(

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vllm_sdar.tiny import TinySpec, build
+from vllm_sdar.tools.tiny import TinySpec, build
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SDAR_BENCH_CACHE", REPO / ".cache" / "bench"))

@@ -149,8 +149,8 @@ def run_engine(
 
 
 def run_reference(path: Path, plan: ModelPlan, suite_: Suite, out: dict[str, Any]) -> None:
-    from vllm_sdar.config import SdarOptions
-    from vllm_sdar.reference import ReferenceDecoder, Request
+    from vllm_sdar.algorithm.config import SdarOptions
+    from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 
     name = plan.model.name
     for block in plan.block_sizes:

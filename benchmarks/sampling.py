@@ -32,8 +32,14 @@ from typing import Any
 import torch
 
 from benchmarks.env import describe, loadavg, log, machine_slug
-from vllm_sdar.decoding import Denoising, RuleContext, Sampling, denoise_step_full, step_generator
-from vllm_sdar.logit_rules import LogitRules
+from vllm_sdar.algorithm.decoding import (
+    Denoising,
+    RuleContext,
+    Sampling,
+    denoise_step_full,
+    step_generator,
+)
+from vllm_sdar.algorithm.logit_rules import LogitRules
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE = "a1bcd92"  # main just before issue 15's transforms
@@ -43,7 +49,7 @@ MASK = 151669
 def old_decoding(rev: str) -> types.ModuleType:
     """The decoding module at git revision `rev`, imported under another name."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:vllm_sdar/decoding.py"],
+        ["git", "show", f"{rev}:vllm_sdar/algorithm/decoding.py"],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -51,7 +57,7 @@ def old_decoding(rev: str) -> types.ModuleType:
     ).stdout
     module = types.ModuleType("decoding_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:vllm_sdar/decoding.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:vllm_sdar/algorithm/decoding.py", "exec"), module.__dict__)
     return module
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks import env
 from benchmarks.config import suite
 from benchmarks.models import checkpoint
-from vllm_sdar.server_process import cli, metric_totals, serve, server_env
+from vllm_sdar.tools.server_process import cli, metric_totals, serve, server_env
 
 SERVED_NAME = "bench-sdar"
 COUNTERS = ("vllm:sdar_denoising_forwards_total", "vllm:sdar_committed_tokens_total")

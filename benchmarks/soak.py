@@ -39,8 +39,8 @@ from typing import Any
 import httpx
 import psutil
 
-from vllm_sdar.decoding import STRATEGIES
-from vllm_sdar.server_process import serve_process
+from vllm_sdar.algorithm.decoding import STRATEGIES
+from vllm_sdar.tools.server_process import serve_process
 
 MODEL = "sdar-4b"
 MAX_MODEL_LEN = 512
@@ -312,7 +312,7 @@ async def drive(
 def sampling_params(body: dict[str, Any]) -> Any:
     from vllm import SamplingParams
 
-    from vllm_sdar.config import SdarOptions
+    from vllm_sdar.algorithm.config import SdarOptions
 
     return SamplingParams(
         n=body.get("n", 1),
@@ -464,7 +464,7 @@ def main() -> None:
 
     from vllm import LLM
 
-    from vllm_sdar.tiny import TinySpec, build
+    from vllm_sdar.tools.tiny import TinySpec, build
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -79,7 +79,7 @@ def run(model: str, data: list[dict[str, Any]], **kwargs: Any) -> list[dict[str,
 if __name__ == "__main__":
     import ray
 
-    from vllm_sdar.names import PACKAGED
+    from vllm_sdar.serving.names import PACKAGED
 
     model = sys.argv[1] if len(sys.argv) > 1 else PACKAGED["sdar-addition"]
     ray.init(address=os.environ.get("RAY_ADDRESS"))

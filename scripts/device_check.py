@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vllm_sdar.decoding import (  # noqa: E402
+from vllm_sdar.algorithm.decoding import (  # noqa: E402
     STRATEGIES,
     Denoising,
     Sampling,

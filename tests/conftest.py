@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sdar.tiny import ASSETS, TinySpec, build
+from vllm_sdar.tools.tiny import ASSETS, TinySpec, build
 
 REPO = Path(__file__).resolve().parent.parent
 # The real SDAR-4B-Chat data files: the shared copy when this checkout sits

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from vllm import LLM, SamplingParams
 
-from vllm_sdar.config import SdarOptions
-from vllm_sdar.decoding import Sampling
-from vllm_sdar.logit_rules import LogitRules
-from vllm_sdar.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.config import SdarOptions
+from vllm_sdar.algorithm.decoding import Sampling
+from vllm_sdar.algorithm.logit_rules import LogitRules
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 
 
 @contextmanager

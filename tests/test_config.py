@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from vllm_sdar.config import (
+from vllm_sdar.algorithm.config import (
     SDARConfig,
     SDARMoeConfig,
     SdarOptions,
@@ -18,8 +18,8 @@ from vllm_sdar.config import (
     resolve_block_size,
     resolve_mask_id,
 )
-from vllm_sdar.hf_model import SDARForCausalLM, SDARMoeForCausalLM
-from vllm_sdar.tiny import ASSETS
+from vllm_sdar.algorithm.hf_model import SDARForCausalLM, SDARMoeForCausalLM
+from vllm_sdar.tools.tiny import ASSETS
 
 from .conftest import SHARED_FIXTURE
 

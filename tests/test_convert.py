@@ -21,7 +21,8 @@ from transformers import (
     Qwen3MoeForCausalLM,
 )
 
-from vllm_sdar.config import SdarOptions, register_hf_configs
+from vllm_sdar.algorithm.config import SdarOptions, register_hf_configs
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.__main__ import main as cli_main
 from vllm_sdar.convert.data import Example, collate, tokenize_record
@@ -30,8 +31,7 @@ from vllm_sdar.convert.objective import add_noise, hidden_states, sdar_loss, two
 from vllm_sdar.convert.source import from_qwen3
 from vllm_sdar.convert.toy import DEFAULT_OUT, Budget, held_out
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
-from vllm_sdar.reference import ReferenceDecoder, Request
-from vllm_sdar.tiny import ASSETS as SDAR_TOKENIZER
+from vllm_sdar.tools.tiny import ASSETS as SDAR_TOKENIZER
 
 from .conftest import REPO
 

@@ -18,8 +18,8 @@ from typing import Any
 import openai
 import pytest
 
-from vllm_sdar.reference import ReferenceDecoder
-from vllm_sdar.server_process import serve
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.tools.server_process import serve
 
 from .engine_helpers import params, prompt_of, reference_request
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vllm_sdar.decoding import (
+from vllm_sdar.algorithm.decoding import (
     NUCLEUS_FIRST_K,
     Denoising,
     OutputRules,

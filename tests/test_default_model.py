@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
 from vllm_sdar.convert.toy import DEFAULT_OUT, held_out
-from vllm_sdar.reference import ReferenceDecoder
 
 from .engine_helpers import assert_matches_reference, denoise_forwards, params, sdar_llm
 

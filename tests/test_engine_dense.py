@@ -12,7 +12,7 @@ import pytest
 from vllm import LLM
 from vllm.exceptions import VLLMValidationError
 
-from vllm_sdar.reference import ReferenceDecoder
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 
 from .engine_helpers import (
     assert_matches_reference,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sdar.reference import ReferenceDecoder
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 
 from .engine_helpers import assert_matches_reference, params, sdar_llm
 from .test_engine_sampling import PROMPTS, SEEDED

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from vllm import LLM
 
-from vllm_sdar.reference import ReferenceDecoder
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 
 from .engine_helpers import (
     assert_matches_reference,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from vllm.exceptions import VLLMValidationError
 
-from vllm_sdar.reference import ReferenceDecoder
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 
 from .engine_helpers import (
     assert_matches_reference,
@@ -172,7 +172,7 @@ def test_non_sdar_architecture_is_untouched(tiny_dense: Path) -> None:
     """The same weights served as plain Qwen3 get vLLM's own engine, unchanged."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from vllm_sdar.scheduler import SdarScheduler
+    from vllm_sdar.engine.scheduler import SdarScheduler
 
     with sdar_llm(tiny_dense, hf_overrides={"architectures": ["Qwen3ForCausalLM"]}) as llm:
         scheduler = scheduler_of(llm)

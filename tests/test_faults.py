@@ -28,7 +28,7 @@ import httpx
 import psutil
 import pytest
 
-from vllm_sdar.server_process import serve_process, server_env
+from vllm_sdar.tools.server_process import serve_process, server_env
 
 MODEL = "sdar-4b"
 CLIENT_BOUND_S = 30.0

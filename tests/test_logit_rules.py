@@ -1,6 +1,6 @@
 """The logits transforms on handcrafted logits, and pinned to vLLM's own ops.
 
-`vllm_sdar.logit_rules` re-states vLLM 0.32's formulas (the layering keeps
+`vllm_sdar.algorithm.logit_rules` re-states vLLM 0.32's formulas (the layering keeps
 vLLM out of the decoding code); here each one is run next to vLLM's
 function on the same rows, so a vLLM change of formula fails a test.
 """
@@ -15,7 +15,7 @@ from vllm.model_executor.layers.utils import apply_penalties
 from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor, MinPLogitsProcessor
 from vllm.v1.sample.ops.bad_words import apply_bad_words
 
-from vllm_sdar.decoding import (
+from vllm_sdar.algorithm.decoding import (
     Denoising,
     RuleContext,
     Sampling,
@@ -24,7 +24,7 @@ from vllm_sdar.decoding import (
     forbid_invalid_tokens,
     step_generator,
 )
-from vllm_sdar.logit_rules import (
+from vllm_sdar.algorithm.logit_rules import (
     BlockRows,
     LogitRules,
     apply_logit_rules,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sdar import names
+from vllm_sdar.serving import names
 
 
 def test_short_names_cover_release_and_block_variants() -> None:

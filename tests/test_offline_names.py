@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sdar.server_process import server_env
+from vllm_sdar.tools.server_process import server_env
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.engine

@@ -107,11 +107,11 @@ def test_every_site_is_listed_in_patches_readme() -> None:
 def test_scan_finds_the_known_kinds_of_site() -> None:
     sites = all_sites()
     for known in (
-        "vllm_sdar/scheduler.py:SdarScheduler",  # subclass
-        "vllm_sdar/engine_setup.py:register_config_hook",  # item into a vLLM table
-        "vllm_sdar/names.py:install_config_lookup_redirect",  # module function replaced
-        "vllm_sdar/attention.py:make_block_causal",  # instance method wrapped
-        "vllm_sdar/serving.py:install_request_fields",  # class method wrapped
+        "vllm_sdar/engine/scheduler.py:SdarScheduler",  # subclass
+        "vllm_sdar/engine/engine_setup.py:register_config_hook",  # item into a vLLM table
+        "vllm_sdar/serving/names.py:install_config_lookup_redirect",  # module function replaced
+        "vllm_sdar/engine/attention.py:make_block_causal",  # instance method wrapped
+        "vllm_sdar/serving/request_fields.py:install_request_fields",  # class method wrapped
     ):
         assert known in sites, known
 

@@ -7,7 +7,7 @@ import runpy
 
 import pytest
 
-from vllm_sdar.names import PACKAGED
+from vllm_sdar.serving.names import PACKAGED
 
 from .conftest import REPO
 from .engine_helpers import params, sdar_llm

@@ -1,7 +1,7 @@
 """vLLM's Ray executor (`distributed_executor_backend="ray"`) with TP=2 on CPU.
 
 The ranks are Ray actors on a local cluster offering the custom resource
-the plugin places CPU workers on (vllm_sdar/ray_cpu.py). Greedy tokens must
+the plugin places CPU workers on (vllm_sdar/engine/ray_cpu.py). Greedy tokens must
 equal TP=1 and the reference decoder, dense and MoE.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from vllm.v1.executor import ray_executor_v2
 from vllm.v1.executor.ray_executor_v2 import RayExecutorV2
 
-from vllm_sdar.ray_cpu import RESOURCE, CpuRayWorkerProc
-from vllm_sdar.reference import ReferenceDecoder
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.engine.ray_cpu import RESOURCE, CpuRayWorkerProc
 
 from .engine_helpers import assert_matches_reference, generate_ids, sdar_llm
 from .ray_helpers import local_ray

@@ -1,7 +1,7 @@
 """SDAR on Ray Serve LLM: two engine replicas behind one OpenAI router.
 
-The deployment is `vllm_sdar.ray_serve.llm_config` (what
-`python -m vllm_sdar.ray_serve` runs) on a local Ray cluster; the client is
+The deployment is `vllm_sdar.serving.ray_serve.llm_config` (what
+`python -m vllm_sdar.serving.ray_serve` runs) on a local Ray cluster; the client is
 the real `openai` client. Greedy outputs must equal `LLM(...)` offline for
 the same requests, and both replicas must have served some of them.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import openai
 import pytest
 
-from vllm_sdar.ray_serve import build_app, llm_config
-from vllm_sdar.server_process import free_port
+from vllm_sdar.serving.ray_serve import build_app, llm_config
+from vllm_sdar.tools.server_process import free_port
 
 from .engine_helpers import params, prompt_of, sdar_llm
 from .ray_helpers import local_ray

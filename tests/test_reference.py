@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from vllm_sdar.config import SdarOptions
-from vllm_sdar.decoding import Sampling, block_causal_mask
-from vllm_sdar.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.config import SdarOptions
+from vllm_sdar.algorithm.decoding import Sampling, block_causal_mask
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def ref(tiny_dense: Path) -> ReferenceDecoder:
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
-    from vllm_sdar.tiny import TinySpec, build
+    from vllm_sdar.tools.tiny import TinySpec, build
 
     spec = TinySpec(hidden_size=64, num_layers=1)
     a = (build(tmp_path / "a", spec) / "model.safetensors").read_bytes()

@@ -24,7 +24,7 @@ import pytest
 from vllm import LLM
 
 from benchmarks import soak
-from vllm_sdar.server_process import serve_process
+from vllm_sdar.tools.server_process import serve_process
 
 MODEL = soak.MODEL
 KEY = "sdar-test-key"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sdar.selfcheck import STRATEGIES, Row, render
-from vllm_sdar.server_process import cli
+from vllm_sdar.tools.selfcheck import STRATEGIES, Row, render
+from vllm_sdar.tools.server_process import cli
 
 pytestmark = pytest.mark.engine
 

@@ -21,11 +21,11 @@ import httpx
 import openai
 import pytest
 
-from vllm_sdar.config import SdarOptions
-from vllm_sdar.decoding import Sampling
-from vllm_sdar.logit_rules import LogitRules
-from vllm_sdar.reference import ReferenceDecoder, Request, Result
-from vllm_sdar.server_process import cli, metric_totals, serve, server_env
+from vllm_sdar.algorithm.config import SdarOptions
+from vllm_sdar.algorithm.decoding import Sampling
+from vllm_sdar.algorithm.logit_rules import LogitRules
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Request, Result
+from vllm_sdar.tools.server_process import cli, metric_totals, serve, server_env
 
 pytestmark = pytest.mark.engine
 

@@ -3,7 +3,7 @@ SDAR's terms in response metrics (the log line: test_server.py).
 
 `vllm serve --api-server-count 2` parses requests in child processes named
 "ApiServer_<i>", not in the main process: the request-field wrapper
-(vllm_sdar/serving.py) must be installed there too.
+(vllm_sdar/serving/request_fields.py) must be installed there too.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vllm_sdar.reference import ReferenceDecoder
-from vllm_sdar.server_process import serve
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.tools.server_process import serve
 
 from .test_server import MODEL, prompt_ids, reference
 

@@ -14,7 +14,7 @@ import pytest
 import vllm
 from vllm.engine.arg_utils import EngineArgs
 
-from vllm_sdar.support import check_attention_backend, check_vllm_version
+from vllm_sdar.engine.support import check_attention_backend, check_vllm_version
 
 
 def _config(model: Path, **kwargs: Any) -> Any:

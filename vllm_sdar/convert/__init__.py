@@ -20,7 +20,7 @@ The output directory is an SDAR checkpoint in the released format
 (config.json with model_type "sdar", block_size, mask_token_id;
 generation_config.json; safetensors; tokenizer with its mask token),
 served by `vllm-sdar serve OUT` and decoded by
-`vllm_sdar.reference.ReferenceDecoder(OUT)`.
+`vllm_sdar.algorithm.reference.ReferenceDecoder(OUT)`.
 
 Scaling up. The loop is deliberately single-process; do not grow a
 distributed trainer here. For a real model (SDAR's own recipe converts

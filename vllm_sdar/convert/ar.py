@@ -16,7 +16,7 @@ from transformers import DynamicCache, GenerationConfig, Qwen3Config, Qwen3ForCa
 
 from vllm_sdar.convert.data import Example, batch_order, collate
 from vllm_sdar.convert.train import lr_factor
-from vllm_sdar.tiny import qwen3_shape
+from vllm_sdar.tools.tiny import qwen3_shape
 
 
 @dataclass(frozen=True)

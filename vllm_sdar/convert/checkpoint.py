@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from vllm_sdar.hf_model import SDARForCausalLM
+from vllm_sdar.algorithm.hf_model import SDARForCausalLM
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig, Qwen3ForCausalLM
 
-from vllm_sdar.config import SdarOptions
+from vllm_sdar.algorithm.config import SdarOptions
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 from vllm_sdar.convert.addition import Problem
 from vllm_sdar.convert.ar import greedy
-from vllm_sdar.reference import ReferenceDecoder, Request
 
 MAX_TOKENS = 8  # longest answer (max_digits + 1 digits) + EOS, with room
 

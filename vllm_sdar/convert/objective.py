@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vllm_sdar.algorithm.hf_model import SDARForCausalLM
 from vllm_sdar.convert.data import Batch
-from vllm_sdar.hf_model import SDARForCausalLM
 
 WEIGHTINGS = ("elbo", "uniform")
 

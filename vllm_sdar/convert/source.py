@@ -1,7 +1,7 @@
 """Turn a Qwen3 (dense or MoE) causal-LM checkpoint into an untrained SDAR model.
 
 SDAR is Qwen3 with a different attention mask and no logit shift, and
-`vllm_sdar.hf_model` uses the Qwen3 / Qwen3-MoE checkpoint names, so the
+`vllm_sdar.algorithm.hf_model` uses the Qwen3 / Qwen3-MoE checkpoint names, so the
 tensors are read straight from the source's safetensors files and move over
 1:1 (loaded strictly: a renamed or missing tensor is an error, not a
 silently random layer). Reading the files rather than a loaded
@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from vllm_sdar.config import SDARConfig, SDARMoeConfig
-from vllm_sdar.hf_model import SDARForCausalLM, model_class_for
+from vllm_sdar.algorithm.config import SDARConfig, SDARMoeConfig
+from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
 
 MASK_TOKEN = "<|MASK|>"
 # New vocabulary rows are padded to a multiple of this (tensor-parallel

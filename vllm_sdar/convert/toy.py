@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
+from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.ar import ArSpec, train_ar
 from vllm_sdar.convert.data import tokenize_record
 from vllm_sdar.convert.evaluate import eval_ar, eval_sdar, markdown_table
 from vllm_sdar.convert.train import SUMMARY_FILE, ConvertConfig, convert
-from vllm_sdar.reference import ReferenceDecoder
 
 PACKAGE = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PACKAGE / "assets" / "sdar-addition"

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, DynamicCache, GenerationConfig
 
-from vllm_sdar.config import (
+from vllm_sdar.algorithm.config import (
     SdarOptions,
     register_hf_configs,
     resolve_block_size,
     resolve_mask_id,
     resolve_max_block_steps,
 )
-from vllm_sdar.decoding import (
+from vllm_sdar.algorithm.decoding import (
     Denoising,
     OutputRules,
     RuleContext,
@@ -33,8 +33,8 @@ from vllm_sdar.decoding import (
     step_generator,
     truncate_at_stop,
 )
-from vllm_sdar.hf_model import SDARForCausalLM, model_class_for
-from vllm_sdar.logit_rules import LogitRules
+from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
+from vllm_sdar.algorithm.logit_rules import LogitRules
 
 
 @dataclass(frozen=True)

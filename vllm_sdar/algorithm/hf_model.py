@@ -3,7 +3,7 @@
 Parameter names are the released checkpoints' names (Qwen3 / Qwen3-MoE with
 per-expert `mlp.experts.{e}.*_proj` and router `mlp.gate`). The only change
 from Qwen3 is the attention mask: callers pass block-causal masks, built by
-`vllm_sdar.decoding.block_causal_mask`.
+`vllm_sdar.algorithm.decoding.block_causal_mask`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeMLP
 
-from vllm_sdar.config import SDARConfig, SDARMoeConfig
-from vllm_sdar.decoding import block_causal_mask
+from vllm_sdar.algorithm.config import SDARConfig, SDARMoeConfig
+from vllm_sdar.algorithm.decoding import block_causal_mask
 
 
 class SdarSparseMoe(nn.Module):

@@ -4,7 +4,7 @@ vLLM's request models accept unknown fields (`extra="allow"`) but drop
 them; only `vllm_xargs` reaches `SamplingParams.extra_args`. This wraps
 `to_sampling_params` of the completion and chat request models so that
 `{"denoising_steps": 2, ...}` works like `{"vllm_xargs": {"denoising_steps": 2}}`.
-Validation stays in `vllm_sdar.validation` (HTTP 400 naming the field).
+Validation stays in `vllm_sdar.serving.validation` (HTTP 400 naming the field).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from vllm_sdar.config import SdarOptions
+from vllm_sdar.algorithm.config import SdarOptions
 
 
 def _with_sdar_fields(original: Callable[..., Any]) -> Callable[..., Any]:

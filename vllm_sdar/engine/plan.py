@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_sdar.decoding import Denoising, OutputRules, RuleContext, Sampling
+from vllm_sdar.algorithm.decoding import Denoising, OutputRules, RuleContext, Sampling
 
 # SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
 # is a plain dataclass, pickled whole to workers (multiprocessing and Ray).

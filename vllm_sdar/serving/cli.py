@@ -6,7 +6,7 @@ before parsing anything, so the stock `vllm` command fails on CPU for every
 model (PackageNotFoundError). `vllm-sdar <args>` answers that lookup with the
 installed build's version and then runs vLLM's CLI unchanged:
 `vllm-sdar serve <model>` is `vllm serve <model>`; `vllm-sdar selfcheck`
-runs `vllm_sdar.selfcheck`. With the GPU build
+runs `vllm_sdar.tools.selfcheck`. With the GPU build
 (`vllm==0.32.0`) the stock `vllm` command works and needs none of this.
 """
 
@@ -35,13 +35,13 @@ def _version_with_cpu_fallback(original: Callable[[str], str]) -> Callable[[str]
 
 def main() -> None:
     if sys.argv[1:2] == ["selfcheck"]:
-        from vllm_sdar.selfcheck import main as selfcheck
+        from vllm_sdar.tools.selfcheck import main as selfcheck
 
         sys.exit(selfcheck(sys.argv[2:]))
     importlib.metadata.version = _version_with_cpu_fallback(importlib.metadata.version)
     from vllm.entrypoints.cli.main import main as vllm_main
 
-    from vllm_sdar.lifecycle import record_engine_death
+    from vllm_sdar.serving.lifecycle import record_engine_death
 
     # vLLM's server exits 0 after its engine died: a supervisor must see a crash.
     engine_died = record_engine_death()

@@ -9,7 +9,7 @@ server and its clients hang until the clients give up. `end_requests_on_shutdown
 hands every open request vLLM's own EngineDeadError once the engine is
 stopped (the answer a dead engine gives). When the engine core dies
 unasked, the server shuts down but exits 0; `record_engine_death` lets
-`vllm_sdar.cli` tell the two apart.
+`vllm_sdar.serving.cli` tell the two apart.
 """
 
 from __future__ import annotations

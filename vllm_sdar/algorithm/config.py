@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import AutoConfig, Qwen3Config, Qwen3MoeConfig
 
-from vllm_sdar.decoding import STRATEGIES, Denoising
+from vllm_sdar.algorithm.decoding import STRATEGIES, Denoising
 
 DEFAULT_BLOCK_SIZE = 4
 DEFAULT_MASK_ID = 151669

@@ -1,8 +1,8 @@
 """The SDAR decoding algorithm as pure tensor functions.
 
 This is the only module that decides which tokens of a block get unmasked.
-Both the reference decoder (`vllm_sdar.reference`) and the vLLM model runner
-(`vllm_sdar.runner`) call `denoise_step`, so the two paths agree by
+Both the reference decoder (`vllm_sdar.algorithm.reference`) and the vLLM model runner
+(`vllm_sdar.engine.runner`) call `denoise_step`, so the two paths agree by
 construction on everything except the network's logits.
 
 No vLLM and no transformers imports here: the module is testable on
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_sdar.logit_rules import BlockRows, LogitRules, apply_logit_rules, apply_min_p
+from vllm_sdar.algorithm.logit_rules import BlockRows, LogitRules, apply_logit_rules, apply_min_p
 
 # First candidate count when searching a top-p nucleus (see filter_top_k_top_p).
 NUCLEUS_FIRST_K = 1024

@@ -40,10 +40,10 @@ from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
-from vllm_sdar.config import SdarDeployment
-from vllm_sdar.decoding import Denoising, OutputRules, RuleContext, Sampling, first_block
-from vllm_sdar.logit_rules import LogitRules
-from vllm_sdar.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.algorithm.config import SdarDeployment
+from vllm_sdar.algorithm.decoding import Denoising, OutputRules, RuleContext, Sampling, first_block
+from vllm_sdar.algorithm.logit_rules import LogitRules
+from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
@@ -341,7 +341,7 @@ class SdarScheduler(Scheduler):
         outputs: dict[int, list[EngineCoreOutput]] = defaultdict(list)
         stopped: set[Request] = set()
         mask = self.sdar.mask_id
-        # Per-step SDAR counters for /metrics (see vllm_sdar.metrics).
+        # Per-step SDAR counters for /metrics (see vllm_sdar.serving.metrics).
         step_stats = SpecDecodingStats.new(self.sdar.block_size) if self.log_stats else None
         for req_id, plan in plans.items():
             request = self.requests.get(req_id)

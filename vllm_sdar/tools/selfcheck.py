@@ -7,7 +7,7 @@ GPUs are present), decodes a mixed batch with every remasking strategy
 token, finish reason and denoising-forward count with the reference decoder.
 Prints a PASS/FAIL table and the vLLM version, platform and attention
 backend it ran on; exits non-zero on any FAIL. This is what a GPU user runs
-first: `vllm-sdar selfcheck` or `python -m vllm_sdar.selfcheck`.
+first: `vllm-sdar selfcheck` or `python -m vllm_sdar.tools.selfcheck`.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def _attention_backend(worker: Any) -> str:
 def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tuple[list[Row], str]:
     from vllm import LLM, SamplingParams
 
-    from vllm_sdar.config import SdarOptions
-    from vllm_sdar.decoding import Sampling
-    from vllm_sdar.reference import ReferenceDecoder, Request
+    from vllm_sdar.algorithm.config import SdarOptions
+    from vllm_sdar.algorithm.decoding import Sampling
+    from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 
     ref = ReferenceDecoder(model, block_size=block)
     llm = LLM(
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     import vllm
     from vllm.platforms import current_platform
 
-    from vllm_sdar.tiny import TinySpec, build
+    from vllm_sdar.tools.tiny import TinySpec, build
 
     start = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="vllm-sdar-selfcheck-"))

@@ -13,16 +13,16 @@ import math
 import os
 from typing import Any
 
-from vllm_sdar.config import ARCHITECTURES, SdarDeployment
+from vllm_sdar.algorithm.config import ARCHITECTURES, SdarDeployment
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
 logger = logging.getLogger("vllm." + __name__)
 
-SCHEDULER = "vllm_sdar.scheduler.SdarScheduler"
-CPU_WORKER = "vllm_sdar.worker.SdarCPUWorker"
-GPU_WORKER = "vllm_sdar.worker.SdarGPUWorker"
-VALIDATOR = "vllm_sdar.validation:SdarRequestValidator"
+SCHEDULER = "vllm_sdar.engine.scheduler.SdarScheduler"
+CPU_WORKER = "vllm_sdar.engine.worker.SdarCPUWorker"
+GPU_WORKER = "vllm_sdar.engine.worker.SdarGPUWorker"
+VALIDATOR = "vllm_sdar.serving.validation:SdarRequestValidator"
 CPU_PAGE = 128  # vLLM's CPU default KV page
 GPU_PAGE = 16  # vLLM's CUDA default KV page
 
@@ -41,8 +41,8 @@ def _load_tokenizer(model_config: Any) -> Any:
 def configure(vllm_config: Any) -> SdarDeployment:
     from vllm.platforms import current_platform
 
-    from vllm_sdar.support import refuse_unsupported
-    from vllm_sdar.validation import set_deployment
+    from vllm_sdar.engine.support import refuse_unsupported
+    from vllm_sdar.serving.validation import set_deployment
 
     model_config = vllm_config.model_config
     hf_config = model_config.hf_config
@@ -52,7 +52,7 @@ def configure(vllm_config: Any) -> SdarDeployment:
     if getattr(hf_config, "block_size", None) is None:
         # Hub configs may lack block_size; -b8/-b16/-b64 releases say it in
         # their name. An explicit --hf-overrides block_size still wins.
-        from vllm_sdar.names import block_size_from_name
+        from vllm_sdar.serving.names import block_size_from_name
 
         named = block_size_from_name(model_config.model) or block_size_from_name(
             str(model_config.served_model_name)

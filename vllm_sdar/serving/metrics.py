@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY, Counter
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
 
-from vllm_sdar.config import ARCHITECTURES
+from vllm_sdar.algorithm.config import ARCHITECTURES
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
@@ -83,7 +83,7 @@ def install_response_terms() -> None:
         return
 
     def to_dict(self: RequestSpecDecodeMetrics) -> dict[str, Any]:
-        from vllm_sdar.validation import current_deployment
+        from vllm_sdar.serving.validation import current_deployment
 
         result = original(self)
         if current_deployment() is not None:

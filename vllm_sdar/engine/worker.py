@@ -11,7 +11,7 @@ import torch
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker
 
-from vllm_sdar.runner import SdarCPUModelRunner, SdarGPUModelRunner
+from vllm_sdar.engine.runner import SdarCPUModelRunner, SdarGPUModelRunner
 
 
 class SdarCPUWorker(CPUWorker):

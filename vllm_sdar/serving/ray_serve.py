@@ -1,6 +1,6 @@
 """An OpenAI-compatible SDAR deployment on Ray Serve LLM (`ray.serve.llm`).
 
-    python -m vllm_sdar.ray_serve MODEL [--replicas 2] [--port 8000]
+    python -m vllm_sdar.serving.ray_serve MODEL [--replicas 2] [--port 8000]
 
 starts (or joins, with RAY_ADDRESS) a Ray cluster and serves MODEL from
 `--replicas` engine replicas behind one OpenAI router on /v1. Each replica
@@ -79,7 +79,9 @@ def build_app(config: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vllm_sdar.ray_serve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m vllm_sdar.serving.ray_serve", description=__doc__
+    )
     parser.add_argument("model", help="checkpoint directory or Hub id of an SDAR model")
     parser.add_argument("--replicas", type=int, default=2, help="min replicas (default 2)")
     parser.add_argument("--max-replicas", type=int, default=None)

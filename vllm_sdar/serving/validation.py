@@ -17,7 +17,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from vllm_sdar.config import SdarDeployment, SdarOptions
+from vllm_sdar.algorithm.config import SdarDeployment, SdarOptions
 
 # Set in each process that builds an SDAR engine config (engine_setup), so
 # the class-level hook can check block-size-dependent limits.

@@ -1,7 +1,7 @@
 """Tiny random-weight SDAR checkpoints in HF format, for tests and demos.
 
-    python -m vllm_sdar.tiny --out models/tiny-dense --arch dense
-    python -m vllm_sdar.tiny --out models/tiny-moe --arch moe --block-size 8
+    python -m vllm_sdar.tools.tiny --out models/tiny-dense --arch dense
+    python -m vllm_sdar.tools.tiny --out models/tiny-moe --arch moe --block-size 8
 
 The checkpoint carries the real SDAR tokenizer (151,670 tokens, vendored from
 the SDAR-4B-Chat release) and is deterministic for a given seed. The
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vllm_sdar.config import DEFAULT_MASK_ID, SDARConfig, SDARMoeConfig
+from vllm_sdar.algorithm.config import DEFAULT_MASK_ID, SDARConfig, SDARMoeConfig
 
 if TYPE_CHECKING:
     from vllm_sdar.convert.ar import ArSpec
 
-ASSETS = Path(__file__).parent / "assets" / "sdar-4b-chat"
+ASSETS = Path(__file__).parent.parent / "assets" / "sdar-4b-chat"
 TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
@@ -115,7 +115,7 @@ def write_tokenizer(out: Path) -> None:
 
 def build(out: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Write the checkpoint to `out` (created) and return its path."""
-    from vllm_sdar.hf_model import model_class_for
+    from vllm_sdar.algorithm.hf_model import model_class_for
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

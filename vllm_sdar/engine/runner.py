@@ -26,11 +26,11 @@ from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_sdar.attention import make_block_causal
-from vllm_sdar.config import resolve_block_size
-from vllm_sdar.decoding import SlotLogprobs, denoise_step_full, step_generator
-from vllm_sdar.plan import PLANS_ATTR, BlockPlan
-from vllm_sdar.support import check_attention_backend
+from vllm_sdar.algorithm.config import resolve_block_size
+from vllm_sdar.algorithm.decoding import SlotLogprobs, denoise_step_full, step_generator
+from vllm_sdar.engine.attention import make_block_causal
+from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.support import check_attention_backend
 
 
 class SdarRunnerMixin:

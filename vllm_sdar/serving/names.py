@@ -39,7 +39,9 @@ SHORT_NAMES: dict[str, str] = {
 
 # The project's own trained toy model ships inside the package (see
 # vllm_sdar.convert.toy), so this name works offline, from any directory.
-PACKAGED = {"sdar-addition": str(Path(__file__).resolve().parent / "assets" / "sdar-addition")}
+PACKAGED = {
+    "sdar-addition": str(Path(__file__).resolve().parent.parent / "assets" / "sdar-addition")
+}
 SHORT_NAMES.update(PACKAGED)
 
 _BLOCK_SUFFIX = re.compile(r"-b(\d+)/?$")
