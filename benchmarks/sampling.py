@@ -43,21 +43,23 @@ from vllm_sdar.algorithm.logit_rules import LogitRules
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE = "a1bcd92"  # main just before issue 15's transforms
-MASK = 151669
+# Where decoding.py lived at a revision (the package was grouped by layer later).
+DECODING_PATHS = ("vllm_sdar/algorithm/decoding.py", "vllm_sdar/decoding.py")
 
 
 def old_decoding(rev: str) -> types.ModuleType:
     """The decoding module at git revision `rev`, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:vllm_sdar/algorithm/decoding.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    for path in DECODING_PATHS:
+        shown = subprocess.run(
+            ["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            break
+    else:
+        raise FileNotFoundError(f"no decoding.py at {rev} (tried {DECODING_PATHS})")
     module = types.ModuleType("decoding_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:vllm_sdar/algorithm/decoding.py", "exec"), module.__dict__)
+    exec(compile(shown.stdout, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -69,12 +71,13 @@ def make_step(
     extra: tuple[Any, ...] = (),
 ) -> Callable[[], None]:
     """One engine step's unmasking: every request's block, as the runner loops."""
-    block = torch.full((denoising.block_size,), MASK)
+    mask = logits[0].shape[-1] - 1  # the last id: MASK must be inside the vocabulary
+    block = torch.full((denoising.block_size,), mask)
 
     def step() -> None:
         for i, rows in enumerate(logits):
             gen = None if sampling.greedy else step_generator(i, 0, 0)
-            denoise(block, rows, MASK, 0, denoising, sampling, gen, *extra)
+            denoise(block, rows, mask, 0, denoising, sampling, gen, *extra)
 
     return step
 
