@@ -19,7 +19,9 @@ import argparse
 import os
 from typing import Any
 
-DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"max_model_len": 4096}
+# max_model_len is left to vLLM (the model's own limit) unless asked for:
+# a fixed default broke small models (sdar-addition has 256 positions).
+DEFAULT_ENGINE_KWARGS: dict[str, Any] = {}
 
 
 def llm_config(
@@ -89,13 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--gpu", action="store_true", help="GPU replicas (default: CPU)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--max-model-len", type=int, default=DEFAULT_ENGINE_KWARGS["max_model_len"])
+    parser.add_argument("--max-model-len", type=int, default=None, help="default: the model's")
+    parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
 
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_worker_niceness", "0")  # noqa: SIM112
+    if not args.gpu:
+        # The CPU build's KV budget in GiB (its default does not fit small
+        # machines); replicas on a local cluster inherit this environment.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(address=os.environ.get("RAY_ADDRESS"))
     serve.start(http_options={"host": args.host, "port": args.port})
     config = llm_config(
@@ -103,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         min_replicas=args.replicas,
         max_replicas=args.max_replicas or args.replicas,
         engine_kwargs={
-            "max_model_len": args.max_model_len,
             "tensor_parallel_size": args.tensor_parallel_size,
+            "dtype": args.dtype,
+            **({"max_model_len": args.max_model_len} if args.max_model_len else {}),
         },
         cpu=not args.gpu,
     )
