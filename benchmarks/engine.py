@@ -32,6 +32,7 @@ class EngineSpec:
     # 32 tokens per request) or AR prefill runs in one engine step; equal
     # for both engines so neither is throttled by the token budget.
     max_num_batched_tokens: int = 8192
+    dtype: str = "float32"
 
     @property
     def label(self) -> str:
@@ -43,7 +44,7 @@ def start(model_dir: Path, spec: EngineSpec, ar_architecture: str) -> Any:
 
     kwargs: dict[str, Any] = dict(
         model=str(model_dir),
-        dtype="float32",
+        dtype=spec.dtype,
         enforce_eager=True,
         gpu_memory_utilization=0.5,
         max_model_len=spec.max_model_len,

@@ -20,3 +20,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
   echo "$want" > "$stamp"
 fi
+# vLLM's CPU guide wants tcmalloc preloaded (scripts/serve.sh and the
+# benchmarks do, via vllm_sdar.tools.cpu_preload); Debian packages it.
+# Best effort: without root or apt the server runs, only slower.
+if [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] && [ ! -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 ] \
+  && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[bootstrap] installing libtcmalloc-minimal4 (apt)"
+  (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) \
+    || echo "[bootstrap] libtcmalloc-minimal4 not installed (apt failed); continuing without it"
+fi

@@ -19,5 +19,11 @@ fi
 # CPU build defaults that fit these machines (see shared notes: the memory
 # check reads NUMA node 0); override by exporting them.
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+# tcmalloc + Intel OpenMP, as vLLM's CPU guide advises (gain measured in
+# benchmarks/README.md); an LD_PRELOAD already set is kept as it is.
+if [ -z "${LD_PRELOAD:-}" ]; then
+  LD_PRELOAD=$(.venv/bin/python -m vllm_sdar.tools.cpu_preload)
+  export LD_PRELOAD
+fi
 exec .venv/bin/vllm-sdar serve "$model" --dtype float32 "${limit[@]}" \
   --gpu-memory-utilization 0.5 "$@"

@@ -1,0 +1,206 @@
+"""Tables and figures for `benchmarks.shapes` results (JSON in, md + png out).
+
+python -m benchmarks.shapes_report benchmarks/results/<stem>.json   # re-render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.table import _fmt, _md  # noqa: E402
+
+
+def ratio_table(results: dict[str, Any]) -> str:
+    header = [
+        "model",
+        "dtype",
+        "batch",
+        "B",
+        "AR step ms",
+        "SDAR all-masked ms",
+        "SDAR after-first ms",
+        "all-masked / AR",
+        "after-first / AR",
+        "break-even TPF",
+        "AR bound",
+        "AR % of limit",
+        "SDAR % of limit",
+    ]
+    rows = []
+    for r in sorted(
+        (r for r in results["rows"] if r["preload"] == bool(results["preload_libs"])),
+        key=lambda r: (r["model"], r["dtype"], r["block_size"], r["batch"]),
+    ):
+        roof = r["roofline"]
+        rows.append(
+            [
+                r["model"],
+                r["dtype"],
+                r["batch"],
+                r["block_size"],
+                _fmt(r["ar_step_ms"], 1),
+                _fmt(r["sdar_all_masked_ms"], 1),
+                _fmt(r["sdar_after_first_ms"], 1),
+                _fmt(r["ratio_all_masked"]),
+                _fmt(r["ratio_after_first"]),
+                _fmt(r["break_even_tpf"]),
+                roof["ar"]["bound"],
+                f"{100 * roof['ar']['fraction_of_limit']:.0f}%",
+                f"{100 * roof['all_masked']['fraction_of_limit']:.0f}%",
+            ]
+        )
+    return _md(header, rows)
+
+
+def machine_table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    rows = [["read bandwidth", f"{m['bandwidth_gb_s']} GB/s"]]
+    for dtype, gflops in m["matmul_gflops"].items():
+        rows.append([f"matmul {dtype}", f"{gflops} GFLOP/s"])
+        rows.append([f"ridge point {dtype}", f"{gflops / m['bandwidth_gb_s']:.0f} FLOP/byte"])
+    rows.append(["threads", m["threads"]])
+    return _md(["machine limit (measured in this run)", "value"], rows)
+
+
+def preload_table(results: dict[str, Any]) -> str:
+    gain = results.get("preload_gain") or []
+    if not gain:
+        return ""
+    rows = [
+        [g["model"], g["dtype"], g["engine"], g["batch"], g["step"], g["without_ms"], g["with_ms"],
+         _fmt(g["speedup"])]
+        for g in gain
+    ]  # fmt: skip
+    return _md(
+        ["model", "dtype", "engine", "batch", "step", "no preload ms", "preload ms", "speed-up"],
+        rows,
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    parts = [
+        f"# SDAR step vs AR step, realistic shapes ({results['environment']['machine']})",
+        "",
+        machine_table(results),
+        "",
+        "Step times are medians of whole engine steps (scheduling, forward, lm_head, "
+        "unmasking/sampling, bookkeeping). break-even TPF = (all-masked + after-first) / 2 "
+        "/ AR step: SDAR decodes faster than AR when its tokens per forward exceed it. "
+        "% of limit = roofline time max(bytes / bandwidth, FLOPs / matmul peak) / measured step.",
+        "",
+        ratio_table(results),
+    ]
+    pre = preload_table(results)
+    if pre:
+        parts += ["", f"LD_PRELOAD = {':'.join(results['preload_libs'])}", "", pre]
+    return "\n".join(parts) + "\n"
+
+
+def _series(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results["rows"]:
+        if r["preload"] == bool(results["preload_libs"]):
+            groups[(r["model"], r["dtype"])].append(r)
+    return groups
+
+
+def plot_ratios(results: dict[str, Any], path: Path) -> Path:
+    groups = _series(results)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4),
+                             squeeze=False)  # fmt: skip
+    for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
+        for b, color in ((4, "tab:blue"), (16, "tab:orange")):
+            pts = sorted((r["batch"], r) for r in rows if r["block_size"] == b)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [p[1]["ratio_all_masked"] for p in pts], "o-", color=color,
+                    label=f"B={b} all masked")  # fmt: skip
+            ax.plot(xs, [p[1]["ratio_after_first"] for p in pts], "s--", color=color,
+                    label=f"B={b} after first")  # fmt: skip
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch (requests)")
+        ax.set_ylabel("SDAR step / AR step")
+        ax.set_title(f"{model}\n{dtype}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roofline(results: dict[str, Any], path: Path) -> Path:
+    """Achieved GFLOP/s vs arithmetic intensity, under the measured roofs."""
+    m = results["machine"]
+    bw = m["bandwidth_gb_s"]
+    groups = _series(results)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4),
+                             squeeze=False)  # fmt: skip
+    for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
+        peak = m["matmul_gflops"][dtype]
+        xs = [0.1 * 1.5**i for i in range(40)]
+        ax.plot(xs, [min(peak, bw * x) for x in xs], color="gray", linewidth=1, label="roofline")
+        for name, marker, label in (
+            ("ar", "o", "AR step"),
+            ("all_masked", "^", "SDAR all masked"),
+            ("after_first", "v", "SDAR after first"),
+        ):
+            for b, color in ((4, "tab:blue"), (16, "tab:orange")):
+                pts = [r for r in rows if r["block_size"] == b]
+                if name == "ar":
+                    if b == 16:
+                        continue
+                    color = "black"
+                key = {"ar": "ar_step_ms", "all_masked": "sdar_all_masked_ms",
+                       "after_first": "sdar_after_first_ms"}[name]  # fmt: skip
+                xi = [r["roofline"][name]["gflop"] / r["roofline"][name]["bytes_gb"] for r in pts]
+                yi = [r["roofline"][name]["gflop"] / (r[key] / 1e3) for r in pts]
+                ax.scatter(xi, yi, marker=marker, color=color, s=18,
+                           label=label if name == "ar" else f"{label} B={b}")  # fmt: skip
+                for r, x, y in zip(pts, xi, yi):
+                    ax.annotate(str(r["batch"]), (x, y), fontsize=6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOP / byte read")
+        ax.set_ylabel("achieved GFLOP/s")
+        ax.set_title(f"{model}\n{dtype} (labels: batch)", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict[str, Any], out: Path, stem: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    results["figures"] = [
+        plot_ratios(results, out / f"{stem}-ratio.png").name,
+        plot_roofline(results, out / f"{stem}-roofline.png").name,
+    ]
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(render(results))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", type=Path)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    write(results, args.results.parent, args.results.stem)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
