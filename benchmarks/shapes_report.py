@@ -61,6 +61,44 @@ def ratio_table(results: dict[str, Any]) -> str:
     return _md(header, rows)
 
 
+def regime_table(results: dict[str, Any]) -> str:
+    """Where each engine leaves the memory-bound regime, measured and predicted.
+
+    Measured: the first batch whose step takes >= 1.5x the batch-1 step
+    (weights are read once per forward, so a memory-bound step barely grows
+    with the batch). Predicted: the first batch the roofline calls
+    compute-bound.
+    """
+    groups: dict[tuple[str, str, str], list[tuple[int, float, str]]] = defaultdict(list)
+    for r in results["rows"]:
+        if r["preload"] != bool(results["preload_libs"]):
+            continue
+        ar_key = (r["model"], r["dtype"], "AR")
+        if r["block_size"] == 4:  # AR is repeated in every B's row
+            groups[ar_key].append((r["batch"], r["ar_step_ms"], r["roofline"]["ar"]["bound"]))
+        groups[(r["model"], r["dtype"], f"SDAR B={r['block_size']} (all masked)")].append(
+            (r["batch"], r["sdar_all_masked_ms"], r["roofline"]["all_masked"]["bound"])
+        )
+    rows = []
+    for (model, dtype, engine), pts in sorted(groups.items()):
+        pts.sort()
+        base = pts[0][1] if pts[0][0] == 1 else None
+        measured = next((b for b, ms, _ in pts if base and ms >= 1.5 * base), None)
+        predicted = next((b for b, _, bound in pts if bound == "compute"), None)
+        growth = " / ".join(f"{ms / base:.2f}" for _, ms, _ in pts) if base else "-"
+        rows.append(
+            [model, dtype, engine, growth,
+             measured if measured else f"> {pts[-1][0]}",
+             predicted if predicted else f"> {pts[-1][0]}"]
+        )  # fmt: skip
+    batches = sorted({r["batch"] for r in results["rows"]})
+    return _md(
+        ["model", "dtype", "engine", f"step / batch-1 step at batch {'/'.join(map(str, batches))}",
+         "turns (measured, >= 1.5x)", "turns (roofline)"],
+        rows,
+    )  # fmt: skip
+
+
 def machine_table(results: dict[str, Any]) -> str:
     m = results["machine"]
     rows = [["read bandwidth", f"{m['bandwidth_gb_s']} GB/s"]]
@@ -98,6 +136,10 @@ def render(results: dict[str, Any]) -> str:
         "% of limit = roofline time max(bytes / bandwidth, FLOPs / matmul peak) / measured step.",
         "",
         ratio_table(results),
+        "",
+        "Where the step leaves the memory-bound regime:",
+        "",
+        regime_table(results),
     ]
     pre = preload_table(results)
     if pre:
