@@ -37,7 +37,7 @@ from vllm_sdar.algorithm.decoding import (
     RuleContext,
     Sampling,
     denoise_step_full,
-    step_generator,
+    step_noise,
 )
 from vllm_sdar.algorithm.logit_rules import LogitRules
 
@@ -76,7 +76,7 @@ def make_step(
 
     def step() -> None:
         for i, rows in enumerate(logits):
-            gen = None if sampling.greedy else step_generator(i, 0, 0)
+            gen = None if sampling.greedy else step_noise(i, 0, 0)
             denoise(block, rows, mask, 0, denoising, sampling, gen, *extra)
 
     return step

@@ -23,7 +23,7 @@ from vllm_sdar.algorithm.decoding import (  # noqa: E402
     Sampling,
     block_causal_mask,
     denoise_step,
-    step_generator,
+    step_noise,
 )
 
 
@@ -50,8 +50,8 @@ def main() -> int:
                     cpu_tokens, gpu_tokens = tokens.clone(), tokens.clone()
                     for step in range(block):
                         logits = torch.randn(block, vocab, generator=gen) * 4
-                        g1 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
-                        g2 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
+                        g1 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
+                        g2 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
                         logits = logits[cpu_tokens == mask_id]  # masked slots only
                         cpu_tokens = denoise_step(
                             cpu_tokens, logits, mask_id, step, den, sampling, g1

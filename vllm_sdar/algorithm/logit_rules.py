@@ -168,12 +168,17 @@ def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torc
     # allowed_token_ids: everything else -> -inf
     allowed = [i for i in active if blocks[i].rules.allowed_token_ids]
     if allowed:
-        rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in allowed])
+        # Index lists built on the host, so the tensor ops do not grow with
+        # the number of blocks.
+        rows = torch.tensor(
+            [r for i in allowed for r in range(starts[i], starts[i] + counts[i])], dtype=torch.long
+        )
+        pairs = [(k, t) for k, i in enumerate(allowed) for t in blocks[i].rules.allowed_token_ids]
         keep = torch.zeros(len(allowed), vocab, dtype=torch.bool)
-        for k, i in enumerate(allowed):
-            keep[k, torch.tensor(blocks[i].rules.allowed_token_ids, dtype=torch.long)] = True
+        keep[tuple(torch.tensor(pairs, dtype=torch.long).T)] = True
         keep = keep.repeat_interleave(torch.tensor([counts[i] for i in allowed]), dim=0)
-        out[rows.to(device)] = out[rows.to(device)].masked_fill(~keep.to(device), float("-inf"))
+        rows = rows.to(device)
+        out[rows] = out[rows].masked_fill(~keep.to(device), float("-inf"))
 
     # bad_words: one scatter for every banned (row, token)
     pairs = [(starts[i] + r, t) for i in active for r, t in banned_by_bad_words(blocks[i])]

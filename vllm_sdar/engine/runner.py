@@ -27,7 +27,7 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.algorithm.config import resolve_block_size
-from vllm_sdar.algorithm.decoding import SlotLogprobs, denoise_step_full, step_generator
+from vllm_sdar.algorithm.decoding import SlotLogprobs, denoise_step_full, step_noise
 from vllm_sdar.engine.attention import make_block_causal
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.support import check_attention_backend
@@ -102,7 +102,7 @@ class SdarRunnerMixin:
             generator = (
                 None
                 if plan.sampling.greedy
-                else step_generator(plan.seed, plan.block_start, plan.step)
+                else step_noise(plan.seed, plan.block_start, plan.step)
             )
             new_block, slot_logprobs = denoise_step_full(
                 torch.tensor(plan.block_tokens),
