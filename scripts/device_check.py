@@ -1,9 +1,10 @@
 """Torch-level check of the SDAR decoding rules on a GPU (no vLLM needed).
 
-The vLLM runner calls `decoding.denoise_step` with logits on the model's
-device. This runs every strategy, greedy and seeded sampling, on the same
-logits on CPU and on CUDA and requires identical blocks: seeded noise is
-drawn on the CPU, so a seed means the same tokens on every device.
+The vLLM runner calls `decoding.denoise_batch` with logits on the model's
+device (`denoise_step` is its batch of one). This runs every strategy,
+greedy and seeded sampling, on the same logits on CPU and on CUDA and
+requires identical blocks: seeded noise is an integer hash computed on the
+logits' device, so a seed means the same tokens on every device.
 
     python scripts/device_check.py      # exits non-zero on any mismatch
 """
