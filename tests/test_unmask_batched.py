@@ -143,8 +143,9 @@ def test_batched_equals_each_request_alone(seed: int, mode: str) -> None:
         tokens, lp = alone(block, rows, mode)
         assert result.tokens(i) == tokens, i
         assert_same_logprobs(result.slot_logprobs(i), lp)
-    # In place (the runner's tensor): the same results.
-    again = denoise_batch(batch, pack, logprobs_mode=mode, inplace=True)
+    # The accelerator path (no row chunks, sync-free nucleus), and in place
+    # (the runner's tensor): the same results.
+    again = denoise_batch(batch, pack, logprobs_mode=mode, inplace=True, cpu_path=False)
     for i in range(len(blocks)):
         assert again.tokens(i) == result.tokens(i)
         assert_same_logprobs(again.slot_logprobs(i), result.slot_logprobs(i))
@@ -245,9 +246,9 @@ def count_step(kinds: list[dict[str, Any]], batch: int, mode: str) -> OpCounter:
     logits = torch.cat([random_logits(rng, rows_of(b)) for b in blocks])
     counter = OpCounter()
     with counter:
-        # sync_free: the accelerator path (the CPU's nucleus search reads a
-        # flag on the host each round).
-        denoise_batch(logits, pack, logprobs_mode=mode, inplace=True, sync_free=True)
+        # The accelerator path: the CPU path chunks rows and its nucleus
+        # search reads a flag on the host each round.
+        denoise_batch(logits, pack, logprobs_mode=mode, inplace=True, cpu_path=False)
     return counter
 
 
