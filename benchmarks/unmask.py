@@ -58,10 +58,12 @@ def before_step(
         denoising.block_size, denoising.steps, denoising.strategy, denoising.threshold
     )
     requests = logits.shape[0] // B
+    # A torch generator before the batched step, a StepNoise since.
+    noise = getattr(old, "step_generator", None) or old.step_noise
 
     def step() -> None:
         for i in range(requests):
-            gen = None if sampling.greedy else old.step_generator(i, 0, 0)
+            gen = None if sampling.greedy else noise(i, 0, 0)
             old.denoise_step_full(
                 block,
                 logits[i * B : (i + 1) * B],
@@ -102,13 +104,16 @@ def after_step(
     return step
 
 
-def run(batches: list[int], vocab: int, rounds: int, before: str) -> dict[str, Any]:
+def run(
+    batches: list[int], vocab: int, rounds: int, before: str, modes: list[str]
+) -> dict[str, Any]:
     old = old_decoding(before)
     results: dict[str, Any] = {}
     for batch in batches:
         torch.manual_seed(batch)
         logits = torch.randn(batch * B, vocab) * 3
-        for mode, (sampling, denoising) in MODES.items():
+        for mode in modes:
+            sampling, denoising = MODES[mode]
             variants = {
                 "before": before_step(old, logits, sampling, denoising),
                 "after": after_step(logits, sampling, denoising),
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small vocab, few rounds (smoke)")
     parser.add_argument("--batches", default="1,8,64,128")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of MODES")
     parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' code")
     parser.add_argument(
         "--out", type=Path, default=None, help="write <out>/<date>-<machine>-unmask.json/.md"
@@ -163,13 +169,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     batches, vocab, rounds = ([1, 4], 4096, 3) if args.quick else (batches, 151936, args.rounds)
     torch.set_num_threads(1)
-    results = run(batches, vocab, rounds, args.before)
+    results = run(batches, vocab, rounds, args.before, args.modes.split(","))
     report = {
         "block_size": B,
         "batches": batches,
         "vocab": vocab,
         "rounds": rounds,
         "before": args.before,
+        "modes": args.modes.split(","),
         "threads": 1,
         "results": results,
         "environment": describe(),
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stem = f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-unmask" + (
             "-quick" if args.quick else ""
         )
+        if args.modes != ",".join(MODES):
+            stem += "-" + args.modes.replace(",", "+")
         (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         (args.out / f"{stem}.md").write_text(text + "\n")
     return report
