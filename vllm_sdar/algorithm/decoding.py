@@ -878,7 +878,8 @@ def denoise_batch(
         forbid = pack.forbid.to(device, non_blocking=True)
         work.index_put_((forbid[0], forbid[1]), torch.tensor(float("-inf"), device=device))
     if pack.rule_blocks is not None:
-        work = apply_logit_rules(work, pack.rule_blocks)
+        # `work` is this step's own tensor (a copy, or the runner's logits).
+        work = apply_logit_rules(work, pack.rule_blocks, inplace=True)
     sampled_only = pack.any_sampled and not pack.any_greedy
     rows = _Rows(
         temperature=row_float[:, 0] if pack.any_sampled else None,
@@ -891,20 +892,24 @@ def denoise_batch(
         all_greedy=not pack.any_sampled,
         max_top_k=pack.max_top_k,
     )
-    chunk = CPU_ROW_CHUNK if cpu_path else pack.num_rows
-    proposals = [
-        _propose_rows(
-            work[start : start + chunk],
-            rows.rows(start, start + chunk),
-            generator,
-            _ENTROPY in pack.strategies,
-            sync_free=not cpu_path,
+    with_entropy = _ENTROPY in pack.strategies
+    if cpu_path and pack.num_rows > CPU_ROW_CHUNK:
+        x0, confidence, entropy, drawn_from = _concat_proposals(
+            [
+                _propose_rows(
+                    work[start : start + CPU_ROW_CHUNK],
+                    rows.rows(start, start + CPU_ROW_CHUNK),
+                    generator,
+                    with_entropy,
+                    sync_free=False,
+                )
+                for start in range(0, pack.num_rows, CPU_ROW_CHUNK)
+            ]
         )
-        for start in range(0, pack.num_rows, chunk)
-    ]
-    x0, confidence, entropy, drawn_from = (
-        proposals[0] if len(proposals) == 1 else _concat_proposals(proposals)
-    )
+    else:
+        x0, confidence, entropy, drawn_from = _propose_rows(
+            work, rows, generator, with_entropy, sync_free=not cpu_path
+        )
     chosen = _select_rows(
         confidence,
         entropy,

@@ -146,13 +146,16 @@ def banned_by_bad_words(rows: BlockRows) -> list[tuple[int, int]]:
     return banned
 
 
-def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torch.Tensor:
+def apply_logit_rules(
+    logits: torch.Tensor, blocks: Sequence[BlockRows], inplace: bool = False
+) -> torch.Tensor:
     """vLLM's pre-temperature transforms on [rows, V] logits (float32).
 
     Rows are the blocks' masked rows, block after block. vLLM's order:
     allowed_token_ids, bad_words, logit_bias, then the penalties
-    (repetition, frequency, presence). Returns a new tensor; blocks whose
-    rules change nothing cost no vocabulary pass.
+    (repetition, frequency, presence). Returns a new tensor unless
+    `inplace` (float32 logits the caller owns: no vocabulary-wide copy);
+    blocks whose rules change nothing cost no vocabulary pass.
     """
     vocab = logits.shape[-1]
     counts = [len(b.masked) for b in blocks]
@@ -162,7 +165,9 @@ def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torc
     active = [i for i, b in enumerate(blocks) if b.rules.changes_logits and counts[i]]
     if not active:
         return logits
-    out = logits.float().clone()
+    out = logits.float()
+    if out is logits and not inplace:
+        out = out.clone()
     device = out.device
 
     # allowed_token_ids: everything else -> -inf
