@@ -349,18 +349,10 @@ def pack_step(
     lp_width: list[int] = []
     first_row: list[int] = []
     lp_first: list[int] = []
-    pack_flags = {
-        "strategies": set(),
-        "any_greedy": False,
-        "any_sampled": False,
-        "any_unseeded": False,
-        "any_seeded": False,
-        "max_top_k": 0,
-        "any_top_p": False,
-        "any_min_p": False,
-        "max_logprobs": 0,
-    }
-    any_rules = False
+    strategies: set[int] = set()
+    any_greedy = any_sampled = any_seeded = any_unseeded = False
+    any_top_p = any_min_p = any_rules = False
+    max_top_k = max_logprobs = 0
     for b, slots in zip(blocks, masked, strict=True):
         first_row.append(len(row_int))
         lp_first.append(len(lp_rows))
@@ -369,7 +361,7 @@ def pack_step(
         strategy = STRATEGY_CODES.get(b.denoising.strategy)
         if strategy is None:
             raise ValueError(f"unknown remasking_strategy {b.denoising.strategy!r}")
-        pack_flags["strategies"].add(strategy)
+        strategies.add(strategy)
         quota = quota_schedule(b.denoising.block_size, b.denoising.steps)
         request = len(request_int)
         request_int.append((min(quota[min(b.step, len(quota) - 1)], len(slots)), strategy))
@@ -381,19 +373,19 @@ def pack_step(
         top_k = 0 if greedy or not 0 < s.top_k < vocab else s.top_k
         top_p = 1.0 if greedy or not 0.0 < s.top_p < 1.0 else s.top_p
         min_p = 0.0 if greedy or rules is None else rules.min_p
-        pack_flags["any_greedy"] |= greedy
-        pack_flags["any_sampled"] |= not greedy
-        pack_flags["any_seeded"] |= not greedy and b.noise is not None
-        pack_flags["any_unseeded"] |= not greedy and b.noise is None
-        pack_flags["max_top_k"] = max(pack_flags["max_top_k"], top_k)
-        pack_flags["any_top_p"] |= top_p < 1.0
-        pack_flags["any_min_p"] |= min_p > 0.0
+        any_greedy |= greedy
+        any_sampled |= not greedy
+        any_seeded |= not greedy and b.noise is not None
+        any_unseeded |= not greedy and b.noise is None
+        max_top_k = max(max_top_k, top_k)
+        any_top_p |= top_p < 1.0
+        any_min_p |= min_p > 0.0
         out = b.output_rules
         early_stops = out.stop_ids if out is not None and out.min_tokens > 0 else ()
         nlp = b.num_logprobs
         if nlp is not None:
             k = vocab if nlp < 0 else min(nlp, vocab)
-            pack_flags["max_logprobs"] = max(pack_flags["max_logprobs"], k)
+            max_logprobs = max(max_logprobs, k)
         seeded = b.noise is not None and not greedy
         for j, slot in enumerate(slots):
             row = len(row_int)
@@ -433,15 +425,15 @@ def pack_step(
         forbid=torch.tensor(forbid, dtype=torch.long).reshape(-1, 2).T,
         logprob_rows=torch.tensor(lp_rows, dtype=torch.long),
         logprob_width=torch.tensor(lp_width, dtype=torch.long),
-        strategies=frozenset(pack_flags["strategies"]),
-        any_greedy=pack_flags["any_greedy"],
-        any_sampled=pack_flags["any_sampled"],
-        any_unseeded=pack_flags["any_unseeded"],
-        any_seeded=pack_flags["any_seeded"],
-        max_top_k=pack_flags["max_top_k"],
-        any_top_p=pack_flags["any_top_p"],
-        any_min_p=pack_flags["any_min_p"],
-        max_logprobs=pack_flags["max_logprobs"],
+        strategies=frozenset(strategies),
+        any_greedy=any_greedy,
+        any_sampled=any_sampled,
+        any_unseeded=any_unseeded,
+        any_seeded=any_seeded,
+        max_top_k=max_top_k,
+        any_top_p=any_top_p,
+        any_min_p=any_min_p,
+        max_logprobs=max_logprobs,
         rule_blocks=rule_blocks,
         lp_first=lp_first,
     )
