@@ -37,7 +37,7 @@ from vllm_sdar.algorithm.decoding import (
     RuleContext,
     Sampling,
     denoise_step_full,
-    step_generator,
+    step_noise,
 )
 from vllm_sdar.algorithm.logit_rules import LogitRules
 
@@ -69,14 +69,19 @@ def make_step(
     sampling: Sampling,
     denoising: Denoising,
     extra: tuple[Any, ...] = (),
+    noise: Callable[[int, int, int], Any] = step_noise,
 ) -> Callable[[], None]:
-    """One engine step's unmasking: every request's block, as the runner loops."""
+    """One engine step's unmasking: every request's block, one call each.
+
+    noise: the revision's seeded-noise factory (a torch generator before the
+    batched step, a `StepNoise` since).
+    """
     mask = logits[0].shape[-1] - 1  # the last id: MASK must be inside the vocabulary
     block = torch.full((denoising.block_size,), mask)
 
     def step() -> None:
         for i, rows in enumerate(logits):
-            gen = None if sampling.greedy else step_generator(i, 0, 0)
+            gen = None if sampling.greedy else noise(i, 0, 0)
             denoise(block, rows, mask, 0, denoising, sampling, gen, *extra)
 
     return step
@@ -103,7 +108,13 @@ def run(batch: int, vocab: int, rounds: int, before: str) -> dict[str, Any]:
     for mode, sampling in (("greedy", Sampling()), ("seeded", Sampling(0.8, 50, 0.9, seed=1))):
         old_sampling = old.Sampling(sampling.temperature, sampling.top_k, sampling.top_p, 1)
         variants = {
-            "before": make_step(old.denoise_step, logits, old_sampling, old_denoising),
+            "before": make_step(
+                old.denoise_step,
+                logits,
+                old_sampling,
+                old_denoising,
+                noise=getattr(old, "step_noise", None) or old.step_generator,
+            ),
             "after": make_step(denoise_step_full, logits, sampling, denoising),
             "after+options": make_step(
                 denoise_step_full, logits, sampling, denoising, (context, 5, "raw_logprobs")

@@ -1,9 +1,10 @@
 """Torch-level check of the SDAR decoding rules on a GPU (no vLLM needed).
 
-The vLLM runner calls `decoding.denoise_step` with logits on the model's
-device. This runs every strategy, greedy and seeded sampling, on the same
-logits on CPU and on CUDA and requires identical blocks: seeded noise is
-drawn on the CPU, so a seed means the same tokens on every device.
+The vLLM runner calls `decoding.denoise_batch` with logits on the model's
+device (`denoise_step` is its batch of one). This runs every strategy,
+greedy and seeded sampling, on the same logits on CPU and on CUDA and
+requires identical blocks: seeded noise is an integer hash computed on the
+logits' device, so a seed means the same tokens on every device.
 
     python scripts/device_check.py      # exits non-zero on any mismatch
 """
@@ -23,7 +24,7 @@ from vllm_sdar.algorithm.decoding import (  # noqa: E402
     Sampling,
     block_causal_mask,
     denoise_step,
-    step_generator,
+    step_noise,
 )
 
 
@@ -50,8 +51,8 @@ def main() -> int:
                     cpu_tokens, gpu_tokens = tokens.clone(), tokens.clone()
                     for step in range(block):
                         logits = torch.randn(block, vocab, generator=gen) * 4
-                        g1 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
-                        g2 = None if sampling.greedy else step_generator(sampling.seed, 0, step)
+                        g1 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
+                        g2 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
                         logits = logits[cpu_tokens == mask_id]  # masked slots only
                         cpu_tokens = denoise_step(
                             cpu_tokens, logits, mask_id, step, den, sampling, g1

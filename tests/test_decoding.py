@@ -19,7 +19,7 @@ from vllm_sdar.algorithm.decoding import (
     propose,
     quota_schedule,
     select_slots,
-    step_generator,
+    step_noise,
     truncate_at_stop,
 )
 
@@ -104,10 +104,10 @@ def test_propose_sampled_confidence_uses_temperature_not_filter() -> None:
 def test_seeded_sampling_is_reproducible_and_seed_dependent() -> None:
     logits = torch.zeros(8, V)  # uniform: the draw is all noise
     sampling = Sampling(temperature=1.0)
-    a = propose(logits, sampling, step_generator(7, 4, 0))[0]
-    b = propose(logits, sampling, step_generator(7, 4, 0))[0]
-    c = propose(logits, sampling, step_generator(8, 4, 0))[0]
-    d = propose(logits, sampling, step_generator(7, 4, 1))[0]
+    a = propose(logits, sampling, step_noise(7, 4, 0))[0]
+    b = propose(logits, sampling, step_noise(7, 4, 0))[0]
+    c = propose(logits, sampling, step_noise(8, 4, 0))[0]
+    d = propose(logits, sampling, step_noise(7, 4, 1))[0]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert not torch.equal(a, d)
@@ -294,7 +294,7 @@ def test_mask_is_never_proposed_even_as_argmax(temperature: float) -> None:
     logits[torch.arange(4), torch.tensor([5, 6, 7, 8])] = 10.0
     tokens = torch.full((4,), M)
     sampling = Sampling(temperature=temperature, seed=1)
-    gen = None if sampling.greedy else step_generator(1, 0, 0)
+    gen = None if sampling.greedy else step_noise(1, 0, 0)
     out = denoise_step(
         tokens, logits, M, 0, Denoising(4, 1, "low_confidence_static"), sampling, gen
     )

@@ -22,7 +22,7 @@ from vllm_sdar.algorithm.decoding import (
     denoise_step,
     denoise_step_full,
     forbid_invalid_tokens,
-    step_generator,
+    step_noise,
 )
 from vllm_sdar.algorithm.logit_rules import (
     BlockRows,
@@ -225,7 +225,7 @@ def test_sampled_processed_logprobs_are_the_drawing_distribution() -> None:
     den = Denoising(block_size=2, steps=1)
     s = Sampling(temperature=0.7, top_k=5)
     ctx = RuleContext(LogitRules(min_p=0.05))
-    gen = step_generator(1, 0, 0)
+    gen = step_noise(1, 0, 0)
     out, lp = denoise_step_full(
         torch.tensor([M, M]), logits, M, 0, den, s, gen, ctx, -1, "processed_logprobs"
     )

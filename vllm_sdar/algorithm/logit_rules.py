@@ -146,13 +146,16 @@ def banned_by_bad_words(rows: BlockRows) -> list[tuple[int, int]]:
     return banned
 
 
-def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torch.Tensor:
+def apply_logit_rules(
+    logits: torch.Tensor, blocks: Sequence[BlockRows], inplace: bool = False
+) -> torch.Tensor:
     """vLLM's pre-temperature transforms on [rows, V] logits (float32).
 
     Rows are the blocks' masked rows, block after block. vLLM's order:
     allowed_token_ids, bad_words, logit_bias, then the penalties
-    (repetition, frequency, presence). Returns a new tensor; blocks whose
-    rules change nothing cost no vocabulary pass.
+    (repetition, frequency, presence). Returns a new tensor unless
+    `inplace` (float32 logits the caller owns: no vocabulary-wide copy);
+    blocks whose rules change nothing cost no vocabulary pass.
     """
     vocab = logits.shape[-1]
     counts = [len(b.masked) for b in blocks]
@@ -162,18 +165,25 @@ def apply_logit_rules(logits: torch.Tensor, blocks: Sequence[BlockRows]) -> torc
     active = [i for i, b in enumerate(blocks) if b.rules.changes_logits and counts[i]]
     if not active:
         return logits
-    out = logits.float().clone()
+    out = logits.float()
+    if out is logits and not inplace:
+        out = out.clone()
     device = out.device
 
     # allowed_token_ids: everything else -> -inf
     allowed = [i for i in active if blocks[i].rules.allowed_token_ids]
     if allowed:
-        rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in allowed])
+        # Index lists built on the host, so the tensor ops do not grow with
+        # the number of blocks.
+        rows = torch.tensor(
+            [r for i in allowed for r in range(starts[i], starts[i] + counts[i])], dtype=torch.long
+        )
+        pairs = [(k, t) for k, i in enumerate(allowed) for t in blocks[i].rules.allowed_token_ids]
         keep = torch.zeros(len(allowed), vocab, dtype=torch.bool)
-        for k, i in enumerate(allowed):
-            keep[k, torch.tensor(blocks[i].rules.allowed_token_ids, dtype=torch.long)] = True
+        keep[tuple(torch.tensor(pairs, dtype=torch.long).T)] = True
         keep = keep.repeat_interleave(torch.tensor([counts[i] for i in allowed]), dim=0)
-        out[rows.to(device)] = out[rows.to(device)].masked_fill(~keep.to(device), float("-inf"))
+        rows = rows.to(device)
+        out[rows] = out[rows].masked_fill(~keep.to(device), float("-inf"))
 
     # bad_words: one scatter for every banned (row, token)
     pairs = [(starts[i] + r, t) for i in active for r, t in banned_by_bad_words(blocks[i])]

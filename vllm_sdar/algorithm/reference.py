@@ -30,7 +30,7 @@ from vllm_sdar.algorithm.decoding import (
     Sampling,
     denoise_step_full,
     first_block,
-    step_generator,
+    step_noise,
     truncate_at_stop,
 )
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
@@ -133,7 +133,7 @@ class ReferenceDecoder:
                 cache.crop(-B)  # a denoising forward is never stored
                 forwards += 1
                 denoise_forwards += 1
-                gen = None if sampling.greedy else step_generator(seed, start, step)
+                gen = None if sampling.greedy else step_noise(seed, start, step)
                 open_slots = block[tail:]
                 masked = (open_slots == self.mask_id).to(logits.device)
                 context = RuleContext(request.rules, list(generated), list(prompt))

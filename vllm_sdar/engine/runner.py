@@ -7,8 +7,10 @@ Three changes to the stock runner, all driven by the step's `BlockPlan`s:
 2. logits: taken at every still-masked slot of each request's block (no
    logit shift in SDAR; decided slots cost no lm_head row), not at the
    last token only;
-3. sampling: `decoding.denoise_step` replaces the sampler; the runner
-   returns each block's new contents and keeps no SDAR state itself.
+3. sampling: one `decoding.denoise_batch` over the masked rows of every
+   request replaces the sampler (a constant number of tensor ops and one
+   device->host transfer per step); the runner returns each block's new
+   contents and keeps no SDAR state itself.
 
 Attention metadata builders are made block-causal once, at start-up.
 The vLLM methods overridden here are V1-runner internals of 0.32
@@ -27,7 +29,7 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.algorithm.config import resolve_block_size
-from vllm_sdar.algorithm.decoding import SlotLogprobs, denoise_step_full, step_generator
+from vllm_sdar.algorithm.decoding import BlockStep, denoise_batch, pack_step, step_noise
 from vllm_sdar.engine.attention import make_block_causal
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.support import check_attention_backend
@@ -87,50 +89,56 @@ class SdarRunnerMixin:
         self.execute_model_state = None
         plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
         logits = state.logits
-        sampled: list[list[int]] = []
-        step_logprobs: list[SlotLogprobs | None] = []
-        offset = 0
-        for req_id, count in self._sdar_rows:
-            # Under tensor parallelism only the driver rank holds the gathered
-            # logits; the others return nothing, and only the driver's output
-            # reaches the scheduler.
-            if count == 0 or logits is None:
-                sampled.append([])
-                step_logprobs.append(None)
-                continue
-            plan = plans[req_id]
-            generator = (
-                None
-                if plan.sampling.greedy
-                else step_generator(plan.seed, plan.block_start, plan.step)
+        # Under tensor parallelism only the driver rank holds the gathered
+        # logits; the others return nothing, and only the driver's output
+        # reaches the scheduler.
+        active = [] if logits is None else [i for i, (_, n) in enumerate(self._sdar_rows) if n]
+        sampled: list[list[int]] = [[] for _ in self._sdar_rows]
+        logprobs = None
+        if active:
+            blocks = [_block_step(plans[self._sdar_rows[i][0]]) for i in active]
+            counts = [self._sdar_rows[i][1] for i in active]
+            pack = pack_step(
+                blocks, counts, plans[self._sdar_rows[active[0]][0]].mask_id, logits.shape[-1]
             )
-            new_block, slot_logprobs = denoise_step_full(
-                torch.tensor(plan.block_tokens),
-                logits[offset : offset + count],
-                plan.mask_id,
-                plan.step,
-                plan.denoising,
-                plan.sampling,
-                generator,
-                output_rules=plan.output_rules,
-                first_output_pos=plan.first_output_pos,
-                context=plan.context,
-                num_logprobs=plan.num_logprobs,
-                logprobs_mode=self.model_config.logprobs_mode,
+            # One batched step for every request; the logits are this
+            # step's own tensor, so the forbidden tokens go in in place.
+            result = denoise_batch(
+                logits, pack, logprobs_mode=self.model_config.logprobs_mode, inplace=True
             )
-            offset += count
-            sampled.append(new_block.tolist())
-            step_logprobs.append(slot_logprobs)
+            per_request: list[tuple[Any, ...] | None] = [None] * len(self._sdar_rows)
+            for b, i in enumerate(active):
+                sampled[i] = result.tokens(b)
+                per_request[i] = result.logprob_arrays(b)
+            logprobs = _logprobs_lists(per_request)
         return ModelRunnerOutput(
             req_ids=[req_id for req_id, _ in self._sdar_rows],
             req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
             sampled_token_ids=sampled,
-            logprobs=_logprobs_lists(step_logprobs),
+            logprobs=logprobs,
             kv_connector_output=kv_output,
         )
 
 
-def _logprobs_lists(per_request: list[SlotLogprobs | None]) -> LogprobsLists | None:
+def _block_step(plan: BlockPlan) -> BlockStep:
+    return BlockStep(
+        tokens=plan.block_tokens,
+        step=plan.step,
+        denoising=plan.denoising,
+        sampling=plan.sampling,
+        noise=None if plan.sampling.greedy else step_noise(plan.seed, plan.block_start, plan.step),
+        output_rules=plan.output_rules,
+        first_output_pos=plan.first_output_pos,
+        context=plan.context,
+        num_logprobs=plan.num_logprobs,
+    )
+
+
+# (slots, ids [n, k + 1], values [n, k + 1], ranks [n]) of one request's step.
+StepLogprobs = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]
+
+
+def _logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | None:
     """Every request's unmasked-slot rows in one LogprobsLists.
 
     Request i's rows are cu_num_generated_tokens[i]:[i + 1] (slots unmasked
@@ -139,17 +147,18 @@ def _logprobs_lists(per_request: list[SlotLogprobs | None]) -> LogprobsLists | N
     """
     if all(lp is None for lp in per_request):
         return None
-    width = max(lp.token_ids.shape[1] for lp in per_request if lp is not None)
+    width = max(lp[1].shape[1] for lp in per_request if lp is not None)
     cu, ids, vals, ranks = [0], [], [], []
     for lp in per_request:
-        n = 0 if lp is None else len(lp.slots)
+        n = 0 if lp is None else len(lp[0])
         cu.append(cu[-1] + n)
         if not n:
             continue
-        pad = width - lp.token_ids.shape[1]
-        ids.append(np.pad(lp.token_ids.numpy(), ((0, 0), (0, pad))))
-        vals.append(np.pad(lp.logprobs.numpy(), ((0, 0), (0, pad)), constant_values=-np.inf))
-        ranks.append(lp.ranks.numpy())
+        _, lp_ids, lp_vals, lp_ranks = lp
+        pad = width - lp_ids.shape[1]
+        ids.append(np.pad(lp_ids, ((0, 0), (0, pad))))
+        vals.append(np.pad(lp_vals, ((0, 0), (0, pad)), constant_values=-np.inf))
+        ranks.append(lp_ranks)
     if not ids:
         return LogprobsLists(
             np.zeros((0, width), np.int64),
