@@ -12,6 +12,11 @@ limit=(--max-model-len 1024)
 if [ $# -gt 0 ]; then
   model=$1
   shift
+  # The package's own models are short-context (256 positions): their limit.
+  if .venv/bin/python -c 'import sys; from vllm_sdar.serving.names import PACKAGED
+sys.exit(sys.argv[1] not in PACKAGED)' "$model"; then
+    limit=()
+  fi
 else
   model=sdar-addition  # short name of the trained model inside the package
   limit=()
