@@ -407,6 +407,9 @@ def test_toy_pipeline_smoke(tmp_path: Path) -> None:
     assert "| AR greedy |" in report["table"] and "| AR greedy |" in done.stdout
     ref = ReferenceDecoder(out)  # the shipped block-4 model, in the released format
     assert ref.block_size == 4 and (work / "sdar-b8" / "model.safetensors").exists()
+    parent = tmp_path / "ar-model"  # its AR parent, shipped beside it
+    assert AutoConfig.from_pretrained(parent).architectures == ["Qwen3ForCausalLM"]
+    assert (parent / "eval.json").read_text() == (out / "eval.json").read_text()
 
 
 # ---------------------------------------------------------- the shipped model

@@ -213,8 +213,9 @@ def held_out(n: int, model_dir: Path = DEFAULT_OUT) -> list[Problem]:
 
 
 def _ship(model_dir: Path, out: Path, report: dict) -> None:
-    """The released files of one SDAR model plus its scores; nothing else
-    (no checkpoints, no timings: a rebuild should leave git clean)."""
+    """The released files of one model (the SDAR model or its AR parent) plus
+    the run's scores; nothing else (no checkpoints, no timings: a rebuild
+    should leave git clean)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in RELEASE_FILES:
         if (model_dir / name).exists():
