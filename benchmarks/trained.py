@@ -283,6 +283,10 @@ def _md(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _fmt(x: float | None) -> str | None:
+    return None if x is None else f"{x:.2f}"
+
+
 def render(results: dict[str, Any]) -> str:
     env_ = results["environment"]
     parts = [
@@ -302,13 +306,13 @@ def render(results: dict[str, Any]) -> str:
             "acc. vs AR (points)", "TPF", "latency mean s", "p50 s", "p90 s",
         ]  # fmt: skip
         rows = []
-        ratios = {(r["method"], r["batch"]): r for r in results["comparison"]}
+        ratios = {(r["pair"], r["method"], r["batch"]): r for r in results["comparison"]}
         for (p, method, batch), c in sorted(
             cells.items(), key=lambda kv: (kv[1]["kind"] != "ar", kv[0][1], kv[0][2])
         ):
             if p != pair:
                 continue
-            r = ratios.get((method, batch), {})
+            r = ratios.get((pair, method, batch), {})
             rows.append(
                 [
                     method,
@@ -316,7 +320,7 @@ def render(results: dict[str, Any]) -> str:
                     c["problems"],
                     f"{100 * c['accuracy']:.1f}%",
                     c["throughput_tok_s"],
-                    r.get("vs_ar"),
+                    _fmt(r.get("vs_ar")),
                     r.get("accuracy_points_vs_ar"),
                     c["tpf"],
                     c["latency_mean_s"],
@@ -333,7 +337,7 @@ def render(results: dict[str, Any]) -> str:
             [
                 t["pair"],
                 t["batch"],
-                t["tok_s_ratio"],
+                _fmt(t["tok_s_ratio"]),
                 f">= {t['target_ratio']}",
                 t["accuracy_points_vs_ar"],
                 "yes" if t["met"] else "no",
@@ -420,7 +424,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few problems")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--pairs", default=None, help="comma-separated tasks (default: the plan's)")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only re-render the .md/.png of this results JSON"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        plot(results, args.render.with_suffix(".png"))
+        args.render.with_suffix(".md").write_text(render(results))
+        return args.render
     plan = QUICK if args.quick else FULL
     if args.pairs:
         plan = Plan(**(asdict(plan) | {"pairs": tuple(args.pairs.split(","))}))
