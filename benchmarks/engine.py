@@ -137,6 +137,7 @@ class BatchRun:
     output_tokens: list[int]
     denoise_forwards: list[int] | None  # SDAR only
     texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
 
 
 def timed_generate(llm: Any, batch: list[Any], params: Any) -> BatchRun:
@@ -183,4 +184,5 @@ def timed_generate(llm: Any, batch: list[Any], params: Any) -> BatchRun:
         output_tokens=[len(c.token_ids) for c in completions],
         denoise_forwards=forwards,
         texts=[c.text for c in completions],
+        finish_reasons=[c.finish_reason for c in completions],
     )

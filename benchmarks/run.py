@@ -12,6 +12,9 @@ at a time, and a crash in one phase is recorded without losing the rest):
 - "serving" (benchmarks.serving): `vllm-sdar serve` + `vllm-sdar bench serve`;
 - "addition" (benchmarks.addition): TPF vs threshold on the trained toy.
 
+The trained pairs (each SDAR toy vs its own AR parent) run on their own:
+`python -m benchmarks.trained` writes <date>-<machine>-trained.json/.md/.png.
+
 Output: DIR/<YYYY-MM-DD>-<machine>[-quick].json, .md (tables) and .png figures.
 """
 

@@ -147,3 +147,38 @@ def test_figures_and_table(results: tuple[Path, dict[str, Any]]) -> None:
     from benchmarks.table import render
 
     assert render(r) == table
+
+
+def test_trained_pairs_quick(tmp_path: Path) -> None:
+    """`python -m benchmarks.trained --quick`: the shipped addition pair
+    through vLLM (SDAR under the plugin, its AR parent under stock vLLM, as
+    verified by benchmarks.engine.verify), every method at every batch."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trained", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    (path,) = tmp_path.glob("*-trained-quick.json")
+    r = json.loads(path.read_text())
+    assert r["errors"] == {} and set(r["pairs"]) == {"addition"}
+    engines = r["pairs"]["addition"]["engines"]
+    assert engines["ar"]["scheduler"] == "vllm.v1.core.sched.scheduler.Scheduler"
+    assert engines["ar"]["architecture"] == "Qwen3ForCausalLM"
+    assert "Sdar" in engines["sdar"]["scheduler"] and engines["sdar"]["block_size"] == 4
+    plan = r["plan"]
+    have = {(c["method"], c["batch"]) for c in r["cells"]}
+    methods = {"ar", "sdar-b4-static", *(f"sdar-b4-dyn{t:g}" for t in plan["thresholds"])}
+    assert have == {(m, b) for m in methods for b in plan["batches"]}
+    for c in r["cells"]:
+        assert _finite_positive(c["throughput_tok_s"]), c
+        assert c["problems"] == (plan["batch1_problems"] if c["batch"] == 1 else plan["problems"])
+        assert c["accuracy"] >= 0.5, c  # a trained model, on held-out problems
+        assert 0 < c["latency_p50_s"] <= c["latency_p90_s"], c
+        if c["kind"] == "sdar" and c["strategy"] == "low_confidence_dynamic":
+            assert c["tpf"] > 1.0, c  # real confidences: several tokens per forward
+    assert len(r["comparison"]) == len(r["cells"]) - len(plan["batches"])
+    assert all(_finite_positive(row["vs_ar"]) for row in r["comparison"])
+    assert (tmp_path / r["figure"]).exists() and path.with_suffix(".md").exists()

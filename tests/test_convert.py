@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,15 @@ from vllm_sdar.algorithm.config import SdarOptions, register_hf_configs
 from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.__main__ import main as cli_main
+from vllm_sdar.convert.addition import Addition
 from vllm_sdar.convert.data import Example, collate, tokenize_record
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
 from vllm_sdar.convert.objective import add_noise, hidden_states, sdar_loss, two_stream_mask
+from vllm_sdar.convert.sorting import Problem as SortProblem
+from vllm_sdar.convert.sorting import Sorting
 from vllm_sdar.convert.source import from_qwen3
-from vllm_sdar.convert.toy import DEFAULT_OUT, Budget, held_out
+from vllm_sdar.convert.tasks import MODEL_VOCAB_SIZE, is_correct, task_from_json
+from vllm_sdar.convert.toy import DEFAULT_OUT, Budget, held_out, trained_task
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
 from vllm_sdar.tools.tiny import ASSETS as SDAR_TOKENIZER
 
@@ -213,6 +218,54 @@ def test_collate_fills_answer_block_with_trained_eos() -> None:
     assert batch.valid.tolist()[1] == [True] * 4 + [False] * 4
 
 
+# ------------------------------------------------------------------ the tasks
+
+
+def test_sort_problems_answers_and_lengths() -> None:
+    task = Sorting(min_len=16, max_len=32)
+    assert SortProblem("3141592653").answer == "1123345569"
+    assert task.max_tokens >= task.max_len + 1  # the longest answer and its EOS fit
+    problems = list(itertools.islice(task.problems(random.Random(5)), 400))
+    lengths = {len(p.prompt) for p in problems}
+    assert min(lengths) == 16 and max(lengths) == 32  # both ends drawn
+    for p in problems:
+        assert p.prompt.isdigit() and len(p.answer) == len(p.prompt)
+        assert sorted(p.answer) == sorted(p.prompt) and list(p.answer) == sorted(p.answer)
+    assert is_correct(problems[0], problems[0].answer + "\n")
+    assert not is_correct(problems[0], problems[0].prompt)
+    with pytest.raises(ValueError):
+        Sorting(min_len=8, max_len=4)
+
+
+def test_sort_splits_hold_out_the_test_set() -> None:
+    task = Sorting(min_len=2, max_len=3)  # a small space, so collisions are frequent
+    train, test = task.make_splits(3000, 200, seed=0)
+    assert len(train) == 3000 and len(test) == len(set(test)) == 200
+    assert not set(train) & set(test)
+    # The test split is drawn first: its first n items do not depend on n or n_train.
+    assert task.make_splits(0, 50, seed=0)[1] == test[:50]
+    assert task.make_splits(10, 200, seed=1)[1] != test
+
+
+def test_sort_tokenizer_and_chat_template() -> None:
+    tok = Sorting().build_tokenizer()
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "312"}], tokenize=False, add_generation_prompt=True
+    ) == "312="  # fmt: skip
+    ex = tokenize_record(SortProblem("9071").record(), tok)
+    assert tok.decode(ex.input_ids) == "9071=0179<|endoftext|>"
+    assert ex.trainable == [False] * 5 + [True] * 5
+    ids = tok("0123456789=")["input_ids"]
+    assert ids == list(range(11)) and tok.eos_token_id == 11
+    assert len(tok) + 1 <= MODEL_VOCAB_SIZE  # a free row for <|MASK|>
+
+
+def test_tasks_round_trip_through_eval_json() -> None:
+    for task in (Addition(max_digits=2), Sorting(min_len=5, max_len=9)):
+        assert task_from_json(json.loads(json.dumps(task.to_json()))) == task
+    assert addition.make_splits(0, 30, 3, seed=4)[1] == Addition(3).make_splits(0, 30, 4)[1]
+
+
 # ------------------------------------------------------- weights and the format
 
 
@@ -354,6 +407,9 @@ def test_toy_pipeline_smoke(tmp_path: Path) -> None:
     assert "| AR greedy |" in report["table"] and "| AR greedy |" in done.stdout
     ref = ReferenceDecoder(out)  # the shipped block-4 model, in the released format
     assert ref.block_size == 4 and (work / "sdar-b8" / "model.safetensors").exists()
+    parent = tmp_path / "ar-model"  # its AR parent, shipped beside it
+    assert AutoConfig.from_pretrained(parent).architectures == ["Qwen3ForCausalLM"]
+    assert (parent / "eval.json").read_text() == (out / "eval.json").read_text()
 
 
 # ---------------------------------------------------------- the shipped model
@@ -378,8 +434,7 @@ def test_shipped_model_is_small_and_complete() -> None:
 
 
 def test_shipped_model_adds_held_out_problems(shipped: ReferenceDecoder) -> None:
-    budget = json.loads((DEFAULT_OUT / "eval.json").read_text())["budget"]
-    assert budget["max_digits"] == Budget().max_digits
+    assert trained_task(DEFAULT_OUT) == Budget().task
     test = held_out(40)
     tok = shipped.tokenizer
     request = Request(max_tokens=8)  # greedy, default low_confidence_dynamic

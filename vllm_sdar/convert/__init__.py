@@ -13,8 +13,10 @@ Modules, one job each:
   forward under the BD3-LM/SDAR mask; weighting documented there);
 - train.py: the AdamW loop, checkpoints, resume, determinism;
 - checkpoint.py: the released format and training checkpoints;
-- toy.py (+ addition.py, ar.py, evaluate.py): the miniature experiment that
-  builds the project's default model, `vllm_sdar/assets/sdar-addition`.
+- toy.py (+ tasks.py, addition.py, sorting.py, ar.py, evaluate.py): the
+  miniature experiment that builds the trained toy pairs (SDAR model + its
+  AR parent): `vllm_sdar/assets/sdar-addition` (the project's default
+  model) + `ar-addition`, and the long-answer `sdar-sort` + `ar-sort`.
 
 The output directory is an SDAR checkpoint in the released format
 (config.json with model_type "sdar", block_size, mask_token_id;

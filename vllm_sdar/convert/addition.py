@@ -1,73 +1,33 @@
-"""The toy task: multi-digit addition with a character-level tokenizer.
+"""The default toy task: multi-digit addition.
 
 "123+4567=" -> "4690<|endoftext|>". Every answer is checkable, every output
 digit is a function of the prompt alone (so a block can in principle be
 filled in one forward), and a model that solves it fits in a few MB, which
 is what lets the project ship a real, trained SDAR checkpoint as its default
-model and rebuild it on a laptop CPU.
+model and rebuild it on a laptop CPU. Answers are short (1-4 digits + EOS:
+one or two blocks at B = 4); sorting.py is the long-answer task.
 
-The tokenizer is a `tokenizers` WordLevel model that splits on every
-character, wrapped as a `PreTrainedTokenizerFast`, so `AutoTokenizer` (and
-vLLM) load it with no remote code. It has no mask token: adding `<|MASK|>`
-is the converter's job, as it is for a real Qwen3 tokenizer.
-
-Chat template: the user turn is the problem, "=" is appended unless the
-user already typed it, and the assistant turn is the sum followed by the
-EOS token. So `[{"role": "user", "content": "12+30"}]` renders as "12+30="
-and the model answers "42<|endoftext|>". No role tags: they would be
-characters the tiny model must learn to skip, with nothing to gain.
+Tokenizer and chat template: tasks.py. `[{"role": "user", "content":
+"12+30"}]` renders as "12+30=" and the model answers "42<|endoftext|>".
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from vllm_sdar.convert import tasks
+from vllm_sdar.convert.tasks import EOS, MODEL_VOCAB_SIZE, UNK  # noqa: F401 (re-exported)
+
 CHARS = "0123456789+= \n"
-EOS = "<|endoftext|>"
-UNK = "<|unk|>"
-# Like Qwen3's embedding (151936 rows for 151669 tokens), the model's
-# vocabulary is padded past the tokenizer: the converter then finds a free
-# row for <|MASK|> without resizing, exactly as SDAR put it at 151669.
-MODEL_VOCAB_SIZE = 24
-
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- set content = message['content'] | trim -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{ content }}{% if not content.endswith('=') %}={% endif %}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ content }}{{ eos_token }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The character-level tokenizer (ids: the characters of CHARS, EOS, UNK)."""
-    vocab = {c: i for i, c in enumerate(CHARS)}
-    vocab[EOS] = len(vocab)
-    vocab[UNK] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    # [\s\S] rather than "." so newlines are tokens too.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # characters join back without spaces
-    backend.add_special_tokens([EOS, UNK])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token=EOS, unk_token=UNK, pad_token=EOS
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(tasks.Problem):
     a: int
     b: int
 
@@ -79,14 +39,29 @@ class Problem:
     def answer(self) -> str:
         return str(self.a + self.b)
 
-    def record(self) -> dict:
-        """A chat record for the converter's JSONL format."""
-        return {
-            "messages": [
-                {"role": "user", "content": self.prompt},
-                {"role": "assistant", "content": self.answer},
-            ]
-        }
+
+@dataclass(frozen=True)
+class Addition(tasks.Task):
+    """a+b with operands of 1..max_digits digits."""
+
+    max_digits: int = 3
+    name = "addition"
+    chars = CHARS
+
+    def sample(self, rng: random.Random) -> Problem:
+        return Problem(_operand(rng, self.max_digits), _operand(rng, self.max_digits))
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_digits + 5  # the longest sum has max_digits + 1 digits, + EOS
+
+    def describe(self) -> str:
+        return f"a+b with 1..{self.max_digits}-digit operands"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The character-level tokenizer (ids: the characters of CHARS, EOS, UNK)."""
+    return tasks.build_tokenizer(CHARS)
 
 
 def _operand(rng: random.Random, max_digits: int) -> int:
@@ -98,44 +73,18 @@ def _operand(rng: random.Random, max_digits: int) -> int:
 
 
 def sample_problems(rng: random.Random, max_digits: int) -> Iterator[Problem]:
-    while True:
-        yield Problem(_operand(rng, max_digits), _operand(rng, max_digits))
+    return Addition(max_digits).problems(rng)  # type: ignore[return-value]
 
 
 def make_splits(
     n_train: int, n_test: int, max_digits: int, seed: int
 ) -> tuple[list[Problem], list[Problem]]:
-    """Train and test problems; no test problem occurs in training.
-
-    The test set is drawn first and then excluded from training, so its size
-    is exact and it does not depend on n_train.
-    """
-    rng = random.Random(seed)
-    test: list[Problem] = []
-    seen: set[Problem] = set()
-    for problem in sample_problems(rng, max_digits):
-        if len(test) == n_test:
-            break
-        if problem not in seen:
-            seen.add(problem)
-            test.append(problem)
-    train = []
-    for problem in sample_problems(rng, max_digits):
-        if len(train) == n_train:
-            break
-        if problem not in seen:  # repeats inside training are fine
-            train.append(problem)
-    return train, test
+    """Train and test problems; no test problem occurs in training (tasks.Task.make_splits)."""
+    return Addition(max_digits).make_splits(n_train, n_test, seed)
 
 
 def write_jsonl(problems: Iterable[Problem], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for problem in problems:
-            f.write(json.dumps(problem.record()) + "\n")
-    return path
+    return tasks.write_jsonl(problems, path)
 
 
-def is_correct(problem: Problem, text: str) -> bool:
-    """Exact match of the decoded answer (EOS already stripped)."""
-    return text.strip() == problem.answer
+is_correct = tasks.is_correct

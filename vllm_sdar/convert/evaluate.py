@@ -23,10 +23,10 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen3ForCausalLM
 
 from vllm_sdar.algorithm.config import SdarOptions
 from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
-from vllm_sdar.convert.addition import Problem
 from vllm_sdar.convert.ar import greedy
+from vllm_sdar.convert.tasks import Problem
 
-MAX_TOKENS = 8  # longest answer (max_digits + 1 digits) + EOS, with room
+MAX_TOKENS = 8  # addition's budget (Task.max_tokens): 4-digit sum + EOS, with room
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def prompt_ids(tokenizer: Any, problem: Problem) -> list[int]:
 
 
 def answer_ok(tokenizer: Any, problem: Problem, tokens: Sequence[int], stops: set[int]) -> bool:
-    """Correct = the exact answer digits, then a stop token, nothing else."""
+    """Correct = the exact answer characters, then a stop token, nothing else."""
     if not tokens or tokens[-1] not in stops:
         return False
     return tokenizer.decode(list(tokens[:-1])) == problem.answer
@@ -82,13 +82,13 @@ def _stop_ids(model_dir: Path) -> set[int]:
 
 
 @torch.inference_mode()
-def eval_ar(model_dir: Path, problems: Sequence[Problem]) -> Score:
+def eval_ar(model_dir: Path, problems: Sequence[Problem], max_tokens: int = MAX_TOKENS) -> Score:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     stops = _stop_ids(model_dir)
     correct = tokens = forwards = 0
     for problem in problems:
-        out, n = greedy(model, prompt_ids(tokenizer, problem), stops, MAX_TOKENS)
+        out, n = greedy(model, prompt_ids(tokenizer, problem), stops, max_tokens)
         correct += answer_ok(tokenizer, problem, out, stops)
         tokens += len(out)
         forwards += n
@@ -101,9 +101,10 @@ def eval_sdar(
     problems: Sequence[Problem],
     strategy: str,
     threshold: float | None,
+    max_tokens: int = MAX_TOKENS,
 ) -> Score:
     options = SdarOptions(remasking_strategy=strategy, confidence_threshold=threshold or 0.85)
-    request = Request(max_tokens=MAX_TOKENS, options=options)  # greedy by default
+    request = Request(max_tokens=max_tokens, options=options)  # greedy by default
     tokenizer = decoder.tokenizer
     correct = tokens = forwards = denoise = 0
     for problem in problems:

@@ -1,18 +1,22 @@
-"""The paradigm conversion in miniature, and the build of the default model.
+"""The paradigm conversion in miniature: the trained toy pairs (AR parent + SDAR).
 
-    python -m vllm_sdar.convert.toy                # full run: rebuilds the asset
+    python -m vllm_sdar.convert.toy              # rebuilds assets/sdar-addition + ar-addition
+    python -m vllm_sdar.convert.toy --task sort  # rebuilds assets/sdar-sort + ar-sort
     python -m vllm_sdar.convert.toy --smoke --out /tmp/toy   # CI smoke run (~1 min)
 
-1. a character-level tokenizer and an addition data set (addition.py), the
-   test problems held out from training;
+1. a character-level tokenizer and a task's data set (tasks.py; addition.py:
+   short answers, sorting.py: long answers), the test problems held out
+   from training;
 2. a small Qwen3 trained from scratch with next-token loss (ar.py): the
    "autoregressive model you start from";
 3. `convert` (the same code as `python -m vllm_sdar.convert`) turns it into
-   SDAR at block size 4 (and 8) with a fraction of the AR token budget;
+   SDAR at block size 4 (and 8 for addition) with a fraction of the AR
+   token budget;
 4. both are scored on the held-out problems (evaluate.py): AR greedy vs SDAR
    with low_confidence_static and low_confidence_dynamic at several
    thresholds, greedy, through the reference decoder;
-5. the block-4 model is written to --out with eval.json and a model card.
+5. the block-4 model is written to --out and its AR parent to --ar-out
+   (both in the released file layout, each with the run's eval.json).
 
 Everything is seeded and runs on a fixed number of CPU threads, so the same
 command on the same machine and software rebuilds byte-identical weights.
@@ -30,15 +34,19 @@ from pathlib import Path
 import torch
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
-from vllm_sdar.convert import addition
+from vllm_sdar.convert.addition import Addition
 from vllm_sdar.convert.ar import ArSpec, train_ar
 from vllm_sdar.convert.data import tokenize_record
 from vllm_sdar.convert.evaluate import eval_ar, eval_sdar, markdown_table
+from vllm_sdar.convert.sorting import Sorting
+from vllm_sdar.convert.tasks import MODEL_VOCAB_SIZE, Problem, Task, task_from_json, write_jsonl
 from vllm_sdar.convert.train import SUMMARY_FILE, ConvertConfig, convert
 
 PACKAGE = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = PACKAGE / "assets" / "sdar-addition"
-DEFAULT_WORK = PACKAGE.parent / ".cache" / "sdar-addition"
+ASSETS = PACKAGE / "assets"
+CACHE = PACKAGE.parent / ".cache"
+DEFAULT_OUT = ASSETS / "sdar-addition"  # the project's default model
+DEFAULT_AR_OUT = ASSETS / "ar-addition"
 RELEASE_FILES = (
     "config.json",
     "generation_config.json",
@@ -52,7 +60,7 @@ RELEASE_FILES = (
 
 @dataclass(frozen=True)
 class Budget:
-    max_digits: int = 3
+    task: Task = Addition(max_digits=3)
     n_train: int = 100_000
     n_test: int = 500
     ar_steps: int = 2000
@@ -66,8 +74,12 @@ class Budget:
     thresholds: tuple[float, ...] = (0.8, 0.9, 0.95)
     seed: int = 0
     spec: ArSpec = ArSpec(
-        vocab_size=addition.MODEL_VOCAB_SIZE, num_heads=4, num_kv_heads=2, intermediate_size=256
+        vocab_size=MODEL_VOCAB_SIZE, num_heads=4, num_kv_heads=2, intermediate_size=256
     )
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("spec", "task")}
+        return {"task": self.task.to_json(), **out}
 
 
 SMOKE = Budget(
@@ -78,23 +90,42 @@ SMOKE = Budget(
     sdar_steps=10,
     sdar_batch=16,
     thresholds=(0.9,),
-    spec=ArSpec(vocab_size=addition.MODEL_VOCAB_SIZE, num_layers=1, intermediate_size=128),
+    spec=ArSpec(vocab_size=MODEL_VOCAB_SIZE, num_layers=1, intermediate_size=128),
 )
 
+# One full budget per task (python -m vllm_sdar.convert.toy --task NAME).
+BUDGETS: dict[str, Budget] = {
+    "addition": Budget(),
+    # Sequences ~5x longer than addition's: fewer steps fit the ~15 min of
+    # one CPU thread (AR ~7 min, conversion ~5 min, evaluation ~2 min).
+    "sort": Budget(
+        task=Sorting(min_len=16, max_len=32),
+        n_train=50_000,
+        ar_steps=600,
+        sdar_steps=300,
+        block_sizes=(4,),
+    ),
+}
+SMOKE_TASKS: dict[str, Task] = {"addition": Addition(max_digits=3), "sort": Sorting(4, 8)}
 
-def run(budget: Budget, out: Path, work: Path) -> dict:
+
+def asset_dirs(task: str) -> tuple[Path, Path]:
+    """Where the shipped SDAR model of a task and its AR parent live."""
+    return ASSETS / f"sdar-{task}", ASSETS / f"ar-{task}"
+
+
+def run(budget: Budget, out: Path, work: Path, ar_out: Path | None = None) -> dict:
     timings: dict[str, float] = {}
     began = time.perf_counter()
 
     def lap(name: str) -> None:
         timings[name] = round(time.perf_counter() - began - sum(timings.values()), 1)
 
-    tokenizer = addition.build_tokenizer()
-    train, test = addition.make_splits(
-        budget.n_train, budget.n_test, budget.max_digits, budget.seed
-    )
-    data = addition.write_jsonl(train, work / "train.jsonl")
-    addition.write_jsonl(test, work / "test.jsonl")
+    task = budget.task
+    tokenizer = task.build_tokenizer()
+    train, test = task.make_splits(budget.n_train, budget.n_test, budget.seed)
+    data = write_jsonl(train, work / "train.jsonl")
+    write_jsonl(test, work / "test.jsonl")
     examples = [tokenize_record(p.record(), tokenizer) for p in train]
 
     ar_dir = work / "ar"
@@ -126,20 +157,20 @@ def run(budget: Budget, out: Path, work: Path) -> dict:
         sdar_stats[block] = json.loads((sdar_dirs[block] / SUMMARY_FILE).read_text())
         lap(f"sdar_b{block}_train")
 
-    rows = [eval_ar(ar_dir, test).row()]
+    rows = [eval_ar(ar_dir, test, task.max_tokens).row()]
     lap("ar_eval")
     for block, path in sdar_dirs.items():
         decoder = ReferenceDecoder(path)
-        rows.append(eval_sdar(decoder, test, "low_confidence_static", None).row())
+        rows.append(eval_sdar(decoder, test, "low_confidence_static", None, task.max_tokens).row())
         for tau in budget.thresholds:
-            rows.append(eval_sdar(decoder, test, "low_confidence_dynamic", tau).row())
+            score = eval_sdar(decoder, test, "low_confidence_dynamic", tau, task.max_tokens)
+            rows.append(score.row())
         lap(f"sdar_b{block}_eval")
 
     report = {
-        "task": (
-            f"a+b with 1..{budget.max_digits}-digit operands, {budget.n_test} held-out problems"
-        ),
-        "budget": {k: v for k, v in asdict(budget).items() if k != "spec"},
+        "task": f"{task.describe()}, {budget.n_test} held-out problems",
+        "max_tokens": task.max_tokens,
+        "budget": budget.to_json(),
         "model": asdict(budget.spec),
         "ar_training": ar_stats,
         "sdar_training": {
@@ -153,27 +184,38 @@ def run(budget: Budget, out: Path, work: Path) -> dict:
         "table": markdown_table(rows),
     }
     _ship(sdar_dirs[budget.block_sizes[0]], out, report)
+    if ar_out is not None:
+        _ship(ar_dir, ar_out, report)
     timings["total"] = round(time.perf_counter() - began, 1)
     (work / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     report["wall_s"] = timings
     return report
 
 
-def held_out(n: int, model_dir: Path = DEFAULT_OUT) -> list[addition.Problem]:
+def trained_task(model_dir: Path = DEFAULT_OUT) -> Task:
+    """The task a model this module built was trained on (from its eval.json)."""
+    budget = json.loads((model_dir / "eval.json").read_text())["budget"]
+    if "task" not in budget:  # written before tasks had names: addition
+        return Addition(max_digits=budget["max_digits"])
+    return task_from_json(budget["task"])
+
+
+def held_out(n: int, model_dir: Path = DEFAULT_OUT) -> list[Problem]:
     """The first n held-out test problems of a model this module built.
 
-    The test split is drawn first from the seed recorded in its eval.json
-    and excluded from training, so its first n items do not depend on n or
-    on the training set size: none of them was ever trained on.
+    The test split is drawn first from the task and seed recorded in its
+    eval.json and excluded from training, so its first n items do not
+    depend on n or on the training set size: none of them was ever trained on.
     """
-    budget = json.loads((model_dir / "eval.json").read_text())["budget"]
-    _, test = addition.make_splits(0, n, budget["max_digits"], budget["seed"])
+    seed = json.loads((model_dir / "eval.json").read_text())["budget"]["seed"]
+    _, test = trained_task(model_dir).make_splits(0, n, seed)
     return test
 
 
 def _ship(model_dir: Path, out: Path, report: dict) -> None:
-    """The released files of one SDAR model plus its scores; nothing else
-    (no checkpoints, no timings: a rebuild should leave git clean)."""
+    """The released files of one model (the SDAR model or its AR parent) plus
+    the run's scores; nothing else (no checkpoints, no timings: a rebuild
+    should leave git clean)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in RELEASE_FILES:
         if (model_dir / name).exists():
@@ -183,7 +225,13 @@ def _ship(model_dir: Path, out: Path, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model goes")
+    parser.add_argument("--task", choices=sorted(BUDGETS), default="addition")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the SDAR model goes (assets/sdar-TASK)"
+    )
+    parser.add_argument(
+        "--ar-out", type=Path, default=None, help="where its AR parent goes (OUT/../ar-TASK)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="intermediate files")
     parser.add_argument("--smoke", action="store_true", help="tiny budget, for CI")
     parser.add_argument("--seed", type=int, default=0)
@@ -191,14 +239,17 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch threads; fixed, so sums are reproducible"
     )
     args = parser.parse_args(argv)
-    if args.smoke and args.out == DEFAULT_OUT:
+    if args.smoke and (args.out is None or args.out.resolve().parent == ASSETS):
         parser.error("--smoke would overwrite the shipped model; pass --out")
+    out = args.out or asset_dirs(args.task)[0]
+    ar_out = args.ar_out or out.with_name("ar-" + out.name.removeprefix("sdar-"))
     torch.set_num_threads(args.threads)
-    budget = replace(SMOKE if args.smoke else Budget(), seed=args.seed)
-    work = args.work or (
-        DEFAULT_WORK.with_name(DEFAULT_WORK.name + "-smoke") if args.smoke else DEFAULT_WORK
-    )
-    report = run(budget, args.out, work)
+    if args.smoke:
+        budget = replace(SMOKE, task=SMOKE_TASKS[args.task], seed=args.seed)
+    else:
+        budget = replace(BUDGETS[args.task], seed=args.seed)
+    work = args.work or CACHE / f"sdar-{args.task}{'-smoke' if args.smoke else ''}"
+    report = run(budget, out, work, ar_out)
     print(report["table"])
     print("token ratio SDAR/AR:", report["token_ratio"])
     print("wall time (s):", report["wall_s"])

@@ -37,10 +37,15 @@ SHORT_NAMES: dict[str, str] = {
     **{f"{name}-b{b}": f"{repo}-b{b}" for name, repo in _BASE.items() for b in BLOCK_VARIANTS},
 }
 
-# The project's own trained toy model ships inside the package (see
-# vllm_sdar.convert.toy), so this name works offline, from any directory.
+# The project's own trained toy pairs ship inside the package (see
+# vllm_sdar.convert.toy), so these names work offline, from any directory:
+# each SDAR model (sdar-addition is the default model) and the plain Qwen3
+# AR model it was converted from, which stock vLLM serves.
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PACKAGED = {
-    "sdar-addition": str(Path(__file__).resolve().parent.parent / "assets" / "sdar-addition")
+    f"{kind}-{task}": str(_ASSETS / f"{kind}-{task}")
+    for task in ("addition", "sort")
+    for kind in ("sdar", "ar")
 }
 SHORT_NAMES.update(PACKAGED)
 
