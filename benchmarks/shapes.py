@@ -98,16 +98,17 @@ MODELS = {m.name: m for m in (QWEN3_06B, QWEN3_30B_A3B_SCALED, TINY_DENSE)}
 
 @dataclass(frozen=True)
 class Job:
-    """One engine in one process: all its batch sizes."""
+    """One engine in its own process, measured interleaved with its group."""
 
     model: str
     dtype: str
     kind: str  # "ar" | "sdar"
     block_size: int | None
     batches: tuple[int, ...]
-    blocks: int = 4  # SDAR output = blocks x B tokens; AR output = 8 tokens
-    repeats: int = 3  # generate calls at batch <= 4
+    group: int = 0  # engines compared with each other, measured in turn
+    blocks: int = 3  # SDAR output = blocks x B tokens; AR output = 6 tokens
     preload: bool = True
+    kv_cache_gib: int = 2
 
     @property
     def label(self) -> str:
@@ -143,111 +144,127 @@ def _classify(job: Job, tokens_per_req: float) -> str | None:
     return {2 * b: "all_masked", b: "after_first"}.get(int(tokens_per_req))
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    env.configure(kv_cache_gib=4)
-    from benchmarks.engine import (
-        EngineSpec,
-        engine_core,
-        prompts,
-        runner_of,
-        sampling_params,
-        shutdown,
-        start,
-        verify,
-    )
+class StepTimer:
+    """One engine, kept loaded; times every engine step of a batch on request."""
 
-    model = MODELS[job.model]
-    path = checkpoint(model)
-    spec = EngineSpec(
-        job.kind,
-        job.block_size,
-        max_model_len=512,
-        max_num_seqs=max(job.batches),
-        max_num_batched_tokens=max(8192, max(job.batches) * (PROMPT_LEN + 16)),
-        dtype=job.dtype,
-    )
-    began = time.perf_counter()
-    llm = start(path, spec, model.ar_architecture)
-    engines = verify(llm, spec)
-    env.log(f"{job.label}: engine up in {time.perf_counter() - began:.0f}s")
-    core, runner = engine_core(llm), runner_of(llm)
-    steps: list[dict[str, Any]] = []
+    def __init__(self, job: Job) -> None:
+        model = MODELS[job.model]
+        env.configure(kv_cache_gib=job.kv_cache_gib)
+        from benchmarks.engine import EngineSpec, engine_core, runner_of, start, verify
 
-    original_step, original_execute = core.step_fn, runner.execute_model
-    experts_seen: list[int] = []  # distinct experts per MoE layer call, this step
-
-    def execute(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-        start_t = time.perf_counter()
-        out = original_execute(scheduler_output, *args, **kwargs)
-        reqs = len(scheduler_output.num_scheduled_tokens)
-        rows = sum(c for _, c in runner._sdar_rows) if hasattr(runner, "_sdar_rows") else reqs
-        layers = experts_seen[:]
-        experts_seen.clear()
-        steps.append(
-            {
-                "experts_per_layer": statistics.mean(layers) if layers else None,
-                "tokens": scheduler_output.total_num_scheduled_tokens,
-                "requests": reqs,
-                "logit_rows": rows,
-                "execute_s": time.perf_counter() - start_t,
-            }
+        self.job = job
+        spec = EngineSpec(
+            job.kind,
+            job.block_size,
+            max_model_len=512,
+            max_num_seqs=max(job.batches),
+            max_num_batched_tokens=max(8192, max(job.batches) * (PROMPT_LEN + 16)),
+            dtype=job.dtype,
         )
-        return out
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        before = len(steps)
-        start_t = time.perf_counter()
-        out = original_step(*args, **kwargs)
-        if len(steps) > before:
-            steps[-1]["step_s"] = time.perf_counter() - start_t
-        return out
-
-    core.step_fn, runner.execute_model = step, execute
-    if model.spec.arch == "moe":
-        _count_experts(runner.model, model.spec.experts_per_tok, experts_seen)
-    if job.kind == "sdar":
-        options = {"remasking_strategy": "low_confidence_static", "denoising_steps": 2}
-        max_tokens = job.blocks * (job.block_size or 1)
-    else:
-        options, max_tokens = None, 8
-    params = sampling_params(max_tokens, options)
-    llm.generate([{"prompt_token_ids": p} for p in prompts(1, PROMPT_LEN)], params, use_tqdm=False)
-    results = []
-    for batch in job.batches:
-        steps.clear()
         began = time.perf_counter()
+        self.llm = start(checkpoint(model), spec, model.ar_architecture)
+        self.engines = verify(self.llm, spec)
+        env.log(f"{job.label}: engine up in {time.perf_counter() - began:.0f}s")
+        self.steps: list[dict[str, Any]] = []
+        core, runner = engine_core(self.llm), runner_of(self.llm)
+        original_step, original_execute = core.step_fn, runner.execute_model
+        experts_seen: list[int] = []  # distinct experts per MoE layer call, this step
+
+        def execute(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+            start_t = time.perf_counter()
+            out = original_execute(scheduler_output, *args, **kwargs)
+            reqs = len(scheduler_output.num_scheduled_tokens)
+            rows = sum(c for _, c in runner._sdar_rows) if hasattr(runner, "_sdar_rows") else reqs
+            layers = experts_seen[:]
+            experts_seen.clear()
+            self.steps.append(
+                {
+                    "experts_per_layer": statistics.mean(layers) if layers else None,
+                    "tokens": scheduler_output.total_num_scheduled_tokens,
+                    "requests": reqs,
+                    "logit_rows": rows,
+                    "execute_s": time.perf_counter() - start_t,
+                }
+            )
+            return out
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            before = len(self.steps)
+            start_t = time.perf_counter()
+            out = original_step(*args, **kwargs)
+            if len(self.steps) > before:
+                self.steps[-1]["step_s"] = time.perf_counter() - start_t
+            return out
+
+        core.step_fn, runner.execute_model = step, execute
+        if model.spec.arch == "moe":
+            _count_experts(runner.model, model.spec.experts_per_tok, experts_seen)
+        if job.kind == "sdar":
+            options = {"remasking_strategy": "low_confidence_static", "denoising_steps": 2}
+            self.max_tokens = job.blocks * (job.block_size or 1)
+        else:
+            options, self.max_tokens = None, 6
+        from benchmarks.engine import sampling_params
+
+        self.params = sampling_params(self.max_tokens, options)
+        self.measure(1)  # warm-up
+
+    def measure(self, batch: int) -> list[dict[str, Any]]:
+        """Every full-batch step of one batch, tagged with its kind."""
+        from benchmarks.engine import prompts
+
+        self.steps.clear()
         inputs = [{"prompt_token_ids": p} for p in prompts(batch, PROMPT_LEN)]
-        # Small batches are cheap and their steps short, so noisier: more samples.
-        for _ in range(job.repeats if batch <= 4 else 1):
-            llm.generate(inputs, params, use_tqdm=False)
-        wall = time.perf_counter() - began
-        kinds: dict[str, list[dict[str, Any]]] = {}
-        for s in steps:
-            if "step_s" not in s or not s["requests"]:
-                continue
-            if s["requests"] != batch:
-                continue  # a partial step (some requests already finished)
-            kind = _classify(job, s["tokens"] / s["requests"])
-            if kind:
-                kinds.setdefault(kind, []).append(s)
-        record: dict[str, Any] = {"batch": batch, "wall_s": round(wall, 3), "steps": {}}
-        for kind, rows in kinds.items():
-            record["steps"][kind] = {
-                "n": len(rows),
-                "median_step_ms": round(1e3 * statistics.median(r["step_s"] for r in rows), 3),
-                "median_execute_ms": round(
-                    1e3 * statistics.median(r["execute_s"] for r in rows), 3
-                ),
-                "tokens": rows[0]["tokens"],
-                "logit_rows": round(statistics.mean(r["logit_rows"] for r in rows), 2),
-                "experts_per_layer": _mean_or_none(r["experts_per_layer"] for r in rows),
-            }
-        env.log(f"{job.label} batch {batch}: {record['steps']}, load {env.loadavg()}")
-        results.append(record)
-    core.step_fn = original_step
-    del runner.execute_model
-    shutdown(llm)
-    return {"job": asdict(job), "engines": engines, "results": results}
+        self.llm.generate(inputs, self.params, use_tqdm=False)
+        out = []
+        for s in self.steps:
+            # Partial steps (some requests already finished) are not counted.
+            if "step_s" in s and s["requests"] == batch:
+                kind = _classify(self.job, s["tokens"] / s["requests"])
+                if kind:
+                    out.append({**s, "kind": kind})
+        return out
+
+    def close(self) -> None:
+        from benchmarks.engine import shutdown
+
+        shutdown(self.llm)
+
+
+def summarize(job: Job, batch: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {"batch": batch, "steps": {}}
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        kinds.setdefault(s["kind"], []).append(s)
+    for kind, rows in kinds.items():
+        record["steps"][kind] = {
+            "n": len(rows),
+            "median_step_ms": round(1e3 * statistics.median(r["step_s"] for r in rows), 3),
+            "median_execute_ms": round(1e3 * statistics.median(r["execute_s"] for r in rows), 3),
+            "tokens": rows[0]["tokens"],
+            "logit_rows": round(statistics.mean(r["logit_rows"] for r in rows), 2),
+            "experts_per_layer": _mean_or_none(r["experts_per_layer"] for r in rows),
+        }
+    return record
+
+
+def serve_job(job: Job, control: Path) -> None:
+    """Worker loop: load the engine, then time one batch per line on stdin.
+
+    Results go to files in `control` (vLLM logs to stdout, so stdout cannot
+    carry them).
+    """
+    timer = StepTimer(job)
+    (control / "ready.json").write_text(json.dumps(timer.engines))
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        samples = timer.measure(command["batch"])
+        tmp = control / f"{command['id']}.tmp"
+        tmp.write_text(json.dumps(samples))
+        tmp.rename(control / f"{command['id']}.json")
+    timer.close()
 
 
 def _count_experts(model: Any, top_k: int, seen: list[int]) -> None:
@@ -275,19 +292,109 @@ def _mean_or_none(values: Any) -> float | None:
 # --- orchestrator -----------------------------------------------------------
 
 
-def jobs_for(
+def groups_for(
     models: list[str], dtypes: list[str], batches: tuple[int, ...], compare: bool
-) -> list[Job]:
-    jobs = []
+) -> list[list[Job]]:
+    """Pairs (AR, SDAR B) of the same weights; optionally the LD_PRELOAD pair of pairs.
+
+    Pairs rather than all three engines at once keep the resident weights
+    (and KV) of a group inside this machine's memory for the fp32 MoE.
+    """
+    groups: list[list[Job]] = []
     for model in models:
         for dtype in dtypes:
-            jobs.append(Job(model, dtype, "ar", None, batches))
+            kv = 2 if dtype == "float32" and MODELS[model].spec.arch == "dense" else 1
             for b in (4, 16):
-                jobs.append(Job(model, dtype, "sdar", b, batches))
+                g = len(groups)
+                groups.append(
+                    [
+                        Job(model, dtype, "ar", None, batches, g, kv_cache_gib=kv),
+                        Job(model, dtype, "sdar", b, batches, g, kv_cache_gib=kv),
+                    ]
+                )
     if compare:
-        for kind, b in (("ar", None), ("sdar", 4)):
-            jobs.append(Job(models[0], "float32", kind, b, (1, 16), preload=False))
-    return jobs
+        g, small = len(groups), tuple(b for b in batches if b <= 16)
+        groups.append(
+            [
+                Job(models[0], "bfloat16", kind, b, small, g, preload=preload, kv_cache_gib=1)
+                for kind, b in (("ar", None), ("sdar", 4))
+                for preload in (True, False)
+            ]
+        )
+    return groups
+
+
+def rounds_for(batch: int, quick: bool) -> int:
+    # Alternating rounds so load drifts hit every engine of a group alike;
+    # small batches are cheap and their steps short (noisier): more rounds.
+    if quick:
+        return 1
+    return 4 if batch <= 4 else 2 if batch <= 16 else 1
+
+
+class Worker:
+    """A `serve_job` process: a loaded engine that times one batch per command."""
+
+    def __init__(self, job: Job, proc_env: dict[str, str], control: Path) -> None:
+        self.job, self.control = job, control
+        control.mkdir(parents=True)
+        # Held for the worker's lifetime (closed in close()), so no `with`.
+        self.log = open(control / "worker.log", "w")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "benchmarks.shapes", "--serve-job", json.dumps(asdict(job)),
+               "--control", str(control)]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=proc_env, stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, text=True
+        )
+        self.engines = json.loads(self._wait(control / "ready.json"))
+        self.count = 0
+
+    def _wait(self, path: Path) -> str:
+        while not path.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.job.label} worker died, log {self.control}/worker.log")
+            time.sleep(0.05)
+        return path.read_text()
+
+    def measure(self, batch: int) -> list[dict[str, Any]]:
+        self.count += 1
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"id": self.count, "batch": batch}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._wait(self.control / f"{self.count}.json"))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        self.log.close()
+
+
+def run_group(group: list[Job], threads: int, tmp: Path, quick: bool) -> list[dict[str, Any]]:
+    """Load the group's engines one after another, then time them in turn."""
+    workers = []
+    for job in group:
+        env.log(f"loading {job.label}")
+        proc_env = {**preload_env(job.preload), "SDAR_BENCH_THREADS": str(threads)}
+        workers.append(Worker(job, proc_env, tmp / f"g{job.group}-{len(workers)}"))
+    samples: dict[int, dict[int, list[dict[str, Any]]]] = {i: {} for i in range(len(workers))}
+    try:
+        for batch in group[0].batches:
+            for _ in range(rounds_for(batch, quick)):
+                for i, w in enumerate(workers):
+                    samples[i].setdefault(batch, []).extend(w.measure(batch))
+            env.log(f"group {group[0].group} batch {batch} done, load {env.loadavg()}")
+    finally:
+        for w in workers:
+            w.close()
+    return [
+        {
+            "job": asdict(w.job),
+            "engines": w.engines,
+            "results": [summarize(w.job, b, samples[i][b]) for b in w.job.batches],
+        }
+        for i, w in enumerate(workers)
+    ]
 
 
 def preload_env(preload: bool) -> dict[str, str]:
@@ -324,9 +431,10 @@ def analyse(fragments: list[dict[str, Any]], machine: dict[str, Any]) -> list[di
         job = f["job"]
         if job["kind"] == "ar":
             for r in f["results"]:
-                ar[(job["model"], job["dtype"], job["preload"], r["batch"])] = r["steps"].get(
-                    "decode"
-                )
+                key = (job["group"], job["preload"], r["batch"])
+                ar[key] = r["steps"].get("decode")
+    # The LD_PRELOAD comparison's rows stay out of the main table.
+    compare_groups = {f["job"]["group"] for f in fragments if not f["job"]["preload"]}
     rows = []
     for f in fragments:
         job = f["job"]
@@ -335,16 +443,15 @@ def analyse(fragments: list[dict[str, Any]], machine: dict[str, Any]) -> list[di
         shape = shape_of(MODELS[job["model"]])
         b = job["block_size"]
         for r in f["results"]:
-            key = (job["model"], job["dtype"], job["preload"], r["batch"])
-            base, steps = ar.get(key), r["steps"]
+            base, steps = ar.get((job["group"], job["preload"], r["batch"])), r["steps"]
             first, later = steps.get("all_masked"), steps.get("after_first")
             if not (base and first and later):
                 continue
             n = r["batch"]
             # Mean keys per request over the measured steps (prompt + about
-            # half the generated blocks); AR over its 8 tokens.
+            # half the generated blocks); AR over its 6 tokens.
             sdar_ctx = PROMPT_LEN + b * (job["blocks"] + 1) / 2
-            ar_ctx = PROMPT_LEN + 4
+            ar_ctx = PROMPT_LEN + 3
             dtype = job["dtype"]
             costs = {
                 "ar": forward_cost(shape, n, n, n, ar_ctx, dtype, base.get("experts_per_layer")),
@@ -376,7 +483,9 @@ def analyse(fragments: list[dict[str, Any]], machine: dict[str, Any]) -> list[di
                 {
                     "model": job["model"],
                     "dtype": dtype,
+                    "group": job["group"],
                     "preload": job["preload"],
+                    "preload_compare": job["group"] in compare_groups,
                     "block_size": b,
                     "batch": n,
                     "ar_step_ms": measured["ar"],
@@ -400,10 +509,11 @@ def preload_gain(fragments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         job = f["job"]
         for r in f["results"]:
             for kind, s in r["steps"].items():
-                key = (job["model"], job["dtype"], job["kind"], job["block_size"], r["batch"], kind)
+                key = (job["group"], job["model"], job["dtype"], job["kind"], job["block_size"],
+                       r["batch"], kind)  # fmt: skip
                 by_key.setdefault(key, {})[job["preload"]] = s
     out = []
-    for (model, dtype, kind, b, batch, step_kind), pair in sorted(
+    for (_, model, dtype, kind, b, batch, step_kind), pair in sorted(
         by_key.items(), key=lambda kv: str(kv[0])
     ):
         if True in pair and False in pair:
@@ -435,22 +545,22 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--preload-compare", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--fragment", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-job", help=argparse.SUPPRESS)
+    parser.add_argument("--control", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.fragment:  # a worker process
-        if args.machine:
-            import torch
+    if args.serve_job:  # an engine worker
+        fields = json.loads(args.serve_job)
+        serve_job(Job(**{**fields, "batches": tuple(fields["batches"])}), args.control)
+        return None
+    if args.machine:
+        import torch
 
-            from benchmarks.roofline import measure_machine
+        from benchmarks.roofline import measure_machine
 
-            torch.set_num_threads(args.threads)
-            result: dict[str, Any] = measure_machine()
-        else:
-            fields = json.loads(args.job)
-            result = run_job(Job(**{**fields, "batches": tuple(fields["batches"])}))
-        args.fragment.write_text(json.dumps(result, indent=2))
+        torch.set_num_threads(args.threads)
+        args.fragment.write_text(json.dumps(measure_machine(), indent=2))
         return None
 
     if args.quick:
@@ -460,9 +570,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         dtypes = args.dtypes.split(",")
         batches = tuple(int(b) for b in args.batches.split(","))
     preload = not args.no_preload and bool(preload_libs())
-    jobs = [
-        replace(j, preload=j.preload and preload, repeats=1 if args.quick else j.repeats)
-        for j in jobs_for(models, dtypes, batches, args.preload_compare and preload)
+    groups = [
+        [replace(j, preload=j.preload and preload) for j in group]
+        for group in groups_for(models, dtypes, batches, args.preload_compare and preload)
     ]
     for model in models:  # build checkpoints before anything is timed
         env.log(f"checkpoint {checkpoint(MODELS[model])}")
@@ -476,15 +586,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     )
     env.log(f"machine: {machine}")
     fragments = []
-    for i, job in enumerate(jobs):
-        env.log(f"[{i + 1}/{len(jobs)}] {job.label}")
-        fragments.append(
-            run_in_process(
-                ["--job", json.dumps(asdict(job))],
-                {**preload_env(job.preload), **threads_env},
-                tmp / f"{i}.json",
-            )
-        )
+    for i, group in enumerate(groups):
+        env.log(f"[group {i + 1}/{len(groups)}] {', '.join(j.label for j in group)}")
+        fragments.extend(run_group(group, args.threads, tmp, args.quick))
     rows = analyse(fragments, machine)
     results = {
         "what": "SDAR step vs AR step on the same random weights, realistic shapes (issue 12)",

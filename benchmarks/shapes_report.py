@@ -37,7 +37,7 @@ def ratio_table(results: dict[str, Any]) -> str:
     ]
     rows = []
     for r in sorted(
-        (r for r in results["rows"] if r["preload"] == bool(results["preload_libs"])),
+        (r for r in results["rows"] if not r.get("preload_compare")),
         key=lambda r: (r["model"], r["dtype"], r["block_size"], r["batch"]),
     ):
         roof = r["roofline"]
@@ -150,7 +150,7 @@ def render(results: dict[str, Any]) -> str:
 def _series(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results["rows"]:
-        if r["preload"] == bool(results["preload_libs"]):
+        if not r.get("preload_compare"):
             groups[(r["model"], r["dtype"])].append(r)
     return groups
 
