@@ -98,8 +98,8 @@ SMOKE = Budget(
 # One full budget per task (python -m vllm_sdar.convert.toy --task NAME).
 BUDGETS: dict[str, Budget] = {
     "addition": Budget(),
-    # Sequences ~5x longer than addition's: fewer steps fit the ~15 min of
-    # one CPU thread (AR ~7 min, conversion ~5 min, evaluation ~2 min).
+    # Sequences ~5x longer than addition's: fewer steps fit ~23 min of one
+    # CPU thread (AR ~6 min, conversion ~15 min, evaluation ~2 min).
     "sort": Budget(
         task=Sorting(min_len=16, max_len=32),
         n_train=50_000,
