@@ -548,6 +548,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--serve-job", help=argparse.SUPPRESS)
     parser.add_argument("--control", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reanalyse",
+        type=Path,
+        help="re-measure the machine limits and recompute a results JSON's rows in place",
+    )
     args = parser.parse_args(argv)
 
     if args.serve_job:  # an engine worker
@@ -563,6 +568,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         args.fragment.write_text(json.dumps(measure_machine(), indent=2))
         return None
 
+    if args.reanalyse:
+        return reanalyse(args.reanalyse, args.threads)
     if args.quick:
         models, dtypes, batches = [TINY_DENSE.name], ["float32"], (1, 4)
     else:
@@ -577,13 +584,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     for model in models:  # build checkpoints before anything is timed
         env.log(f"checkpoint {checkpoint(MODELS[model])}")
     tmp = Path(tempfile.mkdtemp(prefix="sdar-shapes-"))
-    threads_env = {"SDAR_BENCH_THREADS": str(args.threads)}
     began = time.perf_counter()
-    machine = run_in_process(
-        ["--machine", "--threads", str(args.threads)],
-        {**preload_env(preload), **threads_env, "OMP_NUM_THREADS": str(args.threads)},
-        tmp / "machine.json",
-    )
+    machine = measure_machine_in_process(args.threads, preload, tmp)
     env.log(f"machine: {machine}")
     fragments = []
     for i, group in enumerate(groups):
@@ -611,6 +613,34 @@ def main(argv: list[str] | None = None) -> Path | None:
     path = write(results, args.out, stem)
     env.log(f"wrote {path}")
     return path
+
+
+def measure_machine_in_process(threads: int, preload: bool, tmp: Path) -> dict[str, Any]:
+    return run_in_process(
+        ["--machine", "--threads", str(threads)],
+        {
+            **preload_env(preload),
+            "SDAR_BENCH_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+        },
+        tmp / "machine.json",
+    )
+
+
+def reanalyse(path: Path, threads: int) -> Path:
+    """New machine limits (same threads and LD_PRELOAD as the run), same step times."""
+    from benchmarks.shapes_report import write
+
+    results = json.loads(path.read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="sdar-shapes-"))
+    results["machine_of_the_run"] = results.get("machine_of_the_run", results["machine"])
+    results["machine"] = measure_machine_in_process(
+        results["threads"], bool(results["preload_libs"]), tmp
+    )
+    results["machine_remeasured"] = time.strftime("%Y-%m-%d %H:%M")
+    env.log(f"machine: {results['machine']} (run's: {results['machine_of_the_run']})")
+    results["rows"] = analyse(results["fragments"], results["machine"])
+    return write(results, path.parent, path.stem)
 
 
 if __name__ == "__main__":
