@@ -162,10 +162,22 @@ def _series(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any
     return groups
 
 
+def _panels(count: int) -> tuple[Any, Any]:
+    """One panel per (model, dtype), side by side."""
+    count = max(1, count)
+    return plt.subplots(1, count, figsize=(5 * count, 4), squeeze=False)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_ratios(results: dict[str, Any], path: Path) -> Path:
     groups = _series(results)
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4),
-                             squeeze=False)  # fmt: skip
+    fig, axes = _panels(len(groups))
     for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
         for b, color in ((4, "tab:blue"), (16, "tab:orange")):
             pts = sorted((r["batch"], r) for r in rows if r["block_size"] == b)
@@ -182,10 +194,7 @@ def plot_ratios(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("SDAR step / AR step")
         ax.set_title(f"{model}\n{dtype}", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roofline(results: dict[str, Any], path: Path) -> Path:
@@ -193,8 +202,7 @@ def plot_roofline(results: dict[str, Any], path: Path) -> Path:
     m = results["machine"]
     bw = m["bandwidth_gb_s"]
     groups = _series(results)
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4),
-                             squeeze=False)  # fmt: skip
+    fig, axes = _panels(len(groups))
     for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
         peak = m["matmul_gflops"][dtype]
         xs = [0.1 * 1.5**i for i in range(40)]
@@ -224,10 +232,7 @@ def plot_roofline(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("achieved GFLOP/s")
         ax.set_title(f"{model}\n{dtype} (labels: batch)", fontsize=9)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write(results: dict[str, Any], out: Path, stem: str) -> Path:
