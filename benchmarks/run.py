@@ -42,10 +42,23 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 
 
-def run_phase(module: str, args: list[str], frag: Path, threads: int) -> dict[str, Any]:
-    """Run `python -m benchmarks.<module>` and return its JSON fragment."""
+def run_phase(
+    module: str,
+    args: list[str],
+    frag: Path,
+    threads: int,
+    extra_env: dict[str, str] | None = None,
+    out_flag: str = "--out",
+) -> dict[str, Any]:
+    """Run `python -m benchmarks.<module>` and return its JSON fragment.
+
+    extra_env overrides the inherited environment (e.g. LD_PRELOAD, which
+    must be set before the process starts); out_flag names the phase's
+    option for the fragment path.
+    """
     phase_env = dict(os.environ, SDAR_BENCH_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(frag)]
+    phase_env.update(extra_env or {})
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *args, out_flag, str(frag)]
     env.log(f"phase {module} {' '.join(args)}")
     began = time.perf_counter()
     # Progress lines from the phase go straight to this process's stderr;

@@ -375,7 +375,11 @@ def run_group(group: list[Job], threads: int, tmp: Path, quick: bool) -> list[di
     workers = []
     for job in group:
         env.log(f"loading {job.label}")
-        proc_env = {**preload_env(job.preload), "SDAR_BENCH_THREADS": str(threads)}
+        proc_env = {
+            **os.environ,
+            **preload_env(job.preload),
+            "SDAR_BENCH_THREADS": str(threads),
+        }
         workers.append(Worker(job, proc_env, tmp / f"g{job.group}-{len(workers)}"))
     samples: dict[int, dict[int, list[dict[str, Any]]]] = {i: {} for i in range(len(workers))}
     try:
@@ -398,30 +402,9 @@ def run_group(group: list[Job], threads: int, tmp: Path, quick: bool) -> list[di
 
 
 def preload_env(preload: bool) -> dict[str, str]:
-    proc_env = dict(os.environ, PYTHONUNBUFFERED="1")
-    libs = preload_libs()
-    proc_env.pop("LD_PRELOAD", None)
-    if preload and libs:
-        proc_env["LD_PRELOAD"] = ":".join(libs)
-    return proc_env
-
-
-def run_in_process(args: list[str], proc_env: dict[str, str], out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.shapes", *args, "--fragment", str(out)]
-    log = out.with_suffix(".log")
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(
-            cmd, env=proc_env, stdout=log_file, stderr=subprocess.PIPE, text=True
-        )
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.startswith("[bench"):
-                sys.stderr.write(line)
-            log_file.write(line)
-        proc.wait()
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"{' '.join(args)} failed (rc {proc.returncode}), log {log}")
-    return json.loads(out.read_text())
+    """Environment overrides for a worker: LD_PRELOAD on or off (empty = none)."""
+    libs = preload_libs() if preload else []
+    return {"PYTHONUNBUFFERED": "1", "LD_PRELOAD": ":".join(libs)}
 
 
 def analyse(fragments: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, Any]]:
@@ -616,14 +599,15 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 def measure_machine_in_process(threads: int, preload: bool, tmp: Path) -> dict[str, Any]:
-    return run_in_process(
+    from benchmarks.run import run_phase
+
+    return run_phase(
+        "shapes",
         ["--machine", "--threads", str(threads)],
-        {
-            **preload_env(preload),
-            "SDAR_BENCH_THREADS": str(threads),
-            "OMP_NUM_THREADS": str(threads),
-        },
         tmp / "machine.json",
+        threads,
+        extra_env={**preload_env(preload), "OMP_NUM_THREADS": str(threads)},
+        out_flag="--fragment",
     )
 
 
