@@ -58,8 +58,9 @@ def register() -> None:
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
-        # vLLM's Ray executor on CPU (patches/README.md §16).
-        from vllm_sdar.engine.ray_cpu import install as install_ray_cpu
+        # vLLM's Ray executor on CPU (patches/README.md §16), applied only
+        # when vLLM imports it: Ray is an optional extra.
+        from vllm_sdar.engine.ray_cpu_hook import arm
 
-        install_ray_cpu()
+        arm()
     exit_with_parent()  # engine processes only: they must not outlive their parent

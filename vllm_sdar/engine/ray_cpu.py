@@ -15,8 +15,9 @@ makes `RayExecutorV2` run there (patches/README.md §16):
   started without it fails at once instead of waiting 30 minutes for a
   placement group.
 
-Installed by `register()` in every vLLM process on the CPU platform only; on
-GPUs vLLM's own path is untouched.
+Imports Ray (through vLLM's Ray executor): `register()` never imports this
+module; `ray_cpu_hook.arm()` applies `install()` when vLLM imports its Ray
+executor, on the CPU platform only (GPUs keep vLLM's own path).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from vllm.v1.executor import ray_executor_v2
 
-RESOURCE = "vllm_cpu"
+from vllm_sdar.engine.ray_cpu_hook import RESOURCE
 
 
 class CpuRayWorkerProc(ray_executor_v2.RayWorkerProc):
@@ -38,10 +39,7 @@ class CpuRayWorkerProc(ray_executor_v2.RayWorkerProc):
 
 
 def install() -> None:
-    """Idempotent; call on the CPU platform only (GPUs keep vLLM's own path)."""
-    from vllm.platforms import current_platform
-
-    type(current_platform).ray_device_key = RESOURCE
+    """Idempotent; called by `ray_cpu_hook` (CPU platform only)."""
     if ray_executor_v2.RayWorkerProc is CpuRayWorkerProc:
         return
     ray_executor_v2.RayWorkerProc = CpuRayWorkerProc
