@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vllm_sdar.algorithm import decoding
+from vllm_sdar.algorithm import step as step_module
 from vllm_sdar.algorithm.decoding import (
     STRATEGIES,
     BlockStep,
@@ -340,13 +340,13 @@ def test_step_noise_keys_differ_per_part() -> None:
 
 def test_to_host_is_the_only_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = decoding._to_host
+    real = step_module._to_host
 
     def spy(t: torch.Tensor) -> np.ndarray:
         calls.append(t.shape)
         return real(t)
 
-    monkeypatch.setattr(decoding, "_to_host", spy)
+    monkeypatch.setattr(step_module, "_to_host", spy)
     rng = random.Random(0)
     blocks = [random_block(rng) for _ in range(8)]
     pack = pack_step(blocks, [rows_of(b) for b in blocks], M, V)

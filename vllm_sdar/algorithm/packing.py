@@ -1,0 +1,194 @@
+"""A batched step's inputs: every request's block packed into a few tensors.
+
+Owns the host-side half of a batched unmasking step: one request's block
+and options (`BlockStep`), and `pack_step`, which lays the masked slots of
+all blocks out as rows (block after block, in position order) and turns the
+requests' parameters into per-row and per-request tensors plus flags saying
+which features the step uses (`StepPack`), once per step. Pure torch, no
+vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from vllm_sdar.algorithm.logit_rules import BlockRows, LogitRules
+from vllm_sdar.algorithm.noise import StepNoise
+from vllm_sdar.algorithm.rules import OutputRules, RuleContext
+from vllm_sdar.algorithm.schedule import STRATEGY_CODES, Denoising, Sampling, quota_schedule
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """One request's block in a batched unmasking step (host-side inputs).
+
+    tokens: the block's open slots (MASK where undecided), as `denoise_step`.
+    noise: the seeded noise key of a sampled request (None: drawn from the
+    step's generator). first_output_pos: index of tokens[0] in the output.
+    """
+
+    tokens: Sequence[int]
+    step: int
+    denoising: Denoising
+    sampling: Sampling
+    noise: StepNoise | None = None
+    output_rules: OutputRules | None = None
+    first_output_pos: int = 0
+    context: RuleContext | None = None
+    num_logprobs: int | None = None
+
+
+@dataclass
+class StepPack:
+    """A step's per-row and per-request parameters as tensors (host side).
+
+    Rows are the masked slots of every block, block after block, in
+    position order; `requests` are the blocks with at least one row. The
+    flags say which features the step uses, so `denoise_batch` only runs
+    what some request needs (as vLLM's sampler does with all_greedy).
+    """
+
+    mask_id: int
+    vocab: int
+    blocks: list[BlockStep]
+    masked: list[list[int]]  # per block: offsets of its masked slots
+    first_row: list[int]  # per block: its first row
+    num_rows: int
+    width: int  # most masked slots of one block
+    row_float: torch.Tensor  # [M, 3]: temperature (1 if greedy), top_p, min_p
+    row_int: torch.Tensor  # [M, 5]: padded index, top_k, noise key, seeded, greedy
+    request_float: torch.Tensor  # [R, 2]: threshold, eb_threshold
+    request_int: torch.Tensor  # [R, 2]: quota, strategy code
+    forbid: torch.Tensor  # [2, P]: (row, token) pairs set to -inf (stop ids)
+    logprob_rows: torch.Tensor  # [L]: rows of the blocks that ask for logprobs
+    logprob_width: torch.Tensor  # [L]: 1 + that block's number of logprobs
+    strategies: frozenset[int] = frozenset()
+    any_greedy: bool = False
+    any_sampled: bool = False
+    any_unseeded: bool = False
+    any_seeded: bool = False
+    max_top_k: int = 0
+    any_top_p: bool = False
+    any_min_p: bool = False
+    max_logprobs: int = 0  # widest logprobs row minus the chosen column
+    rule_blocks: list[BlockRows] | None = None
+    lp_first: list[int] = field(default_factory=list)  # per block: first logprob row
+
+
+def pack_step(
+    blocks: Sequence[BlockStep], masked_rows: Sequence[int], mask_id: int, vocab: int
+) -> StepPack:
+    """Build the step's parameter tensors once, on the host.
+
+    masked_rows: the number of logits rows the caller has for each block,
+    which must be its number of masked slots.
+    """
+    blocks = list(blocks)
+    masked = [[i for i, t in enumerate(b.tokens) if t == mask_id] for b in blocks]
+    for slots, rows in zip(masked, masked_rows, strict=True):
+        if len(slots) != rows:
+            raise ValueError(f"{len(slots)} masked slots but logits for {rows} rows")
+    width = max((len(m) for m in masked), default=0)
+    row_float: list[tuple[float, float, float]] = []
+    row_int: list[tuple[int, int, int, int, int]] = []
+    request_float: list[tuple[float, float]] = []
+    request_int: list[tuple[int, int]] = []
+    forbid: list[tuple[int, int]] = []
+    lp_rows: list[int] = []
+    lp_width: list[int] = []
+    first_row: list[int] = []
+    lp_first: list[int] = []
+    strategies: set[int] = set()
+    any_greedy = any_sampled = any_seeded = any_unseeded = False
+    any_top_p = any_min_p = any_rules = False
+    max_top_k = max_logprobs = 0
+    for b, slots in zip(blocks, masked, strict=True):
+        first_row.append(len(row_int))
+        lp_first.append(len(lp_rows))
+        if not slots:
+            continue
+        strategy = STRATEGY_CODES.get(b.denoising.strategy)
+        if strategy is None:
+            raise ValueError(f"unknown remasking_strategy {b.denoising.strategy!r}")
+        strategies.add(strategy)
+        quota = quota_schedule(b.denoising.block_size, b.denoising.steps)
+        request = len(request_int)
+        request_int.append((min(quota[min(b.step, len(quota) - 1)], len(slots)), strategy))
+        request_float.append((b.denoising.threshold, b.denoising.eb_threshold))
+        s = b.sampling
+        rules = b.context.rules if b.context is not None else None
+        any_rules = any_rules or (rules is not None and rules.changes_logits)
+        greedy = s.greedy
+        top_k = 0 if greedy or not 0 < s.top_k < vocab else s.top_k
+        top_p = 1.0 if greedy or not 0.0 < s.top_p < 1.0 else s.top_p
+        min_p = 0.0 if greedy or rules is None else rules.min_p
+        any_greedy |= greedy
+        any_sampled |= not greedy
+        any_seeded |= not greedy and b.noise is not None
+        any_unseeded |= not greedy and b.noise is None
+        max_top_k = max(max_top_k, top_k)
+        any_top_p |= top_p < 1.0
+        any_min_p |= min_p > 0.0
+        out = b.output_rules
+        early_stops = out.stop_ids if out is not None and out.min_tokens > 0 else ()
+        nlp = b.num_logprobs
+        if nlp is not None:
+            k = vocab if nlp < 0 else min(nlp, vocab)
+            max_logprobs = max(max_logprobs, k)
+        seeded = b.noise is not None and not greedy
+        for j, slot in enumerate(slots):
+            row = len(row_int)
+            key = b.noise.slot_key(slot) if seeded else 0
+            row_float.append((s.temperature if not greedy else 1.0, top_p, min_p))
+            row_int.append((request * width + j, top_k, key, int(seeded), int(greedy)))
+            if b.first_output_pos + slot < (out.min_tokens if out is not None else 0):
+                forbid.extend((row, stop) for stop in early_stops)
+            if nlp is not None:
+                lp_rows.append(row)
+                lp_width.append(k + 1)
+    rule_blocks = None
+    if any_rules:
+        rule_blocks = [
+            BlockRows(
+                b.context.rules if b.context is not None else _NO_RULES,
+                list(b.tokens),
+                mask_id,
+                b.context.generated if b.context is not None else (),
+                b.context.prompt if b.context is not None else (),
+            )
+            for b, slots in zip(blocks, masked, strict=True)
+            if slots
+        ]
+    return StepPack(
+        mask_id=mask_id,
+        vocab=vocab,
+        blocks=blocks,
+        masked=masked,
+        first_row=first_row,
+        num_rows=len(row_int),
+        width=width,
+        row_float=torch.tensor(row_float, dtype=torch.float32).reshape(-1, 3),
+        row_int=torch.tensor(row_int, dtype=torch.long).reshape(-1, 5),
+        request_float=torch.tensor(request_float, dtype=torch.float32).reshape(-1, 2),
+        request_int=torch.tensor(request_int, dtype=torch.long).reshape(-1, 2),
+        forbid=torch.tensor(forbid, dtype=torch.long).reshape(-1, 2).T,
+        logprob_rows=torch.tensor(lp_rows, dtype=torch.long),
+        logprob_width=torch.tensor(lp_width, dtype=torch.long),
+        strategies=frozenset(strategies),
+        any_greedy=any_greedy,
+        any_sampled=any_sampled,
+        any_unseeded=any_unseeded,
+        any_seeded=any_seeded,
+        max_top_k=max_top_k,
+        any_top_p=any_top_p,
+        any_min_p=any_min_p,
+        max_logprobs=max_logprobs,
+        rule_blocks=rule_blocks,
+        lp_first=lp_first,
+    )
+
+
+_NO_RULES = LogitRules()

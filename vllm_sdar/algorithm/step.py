@@ -1,0 +1,301 @@
+"""One denoising step: the batched step and its single-block forms.
+
+Owns the device-side half of a batched unmasking step: `denoise_batch`
+runs forbidding, the logits transforms, proposals, slot selection and
+logprobs on the concatenated logits of every packed block with a number of
+tensor ops that does not grow with the batch and a single device->host
+transfer (`_to_host`), and returns a `StepResult` split per block on
+demand. `denoise_step_full` / `denoise_step` are a batch of one over the
+same code (the reference decoder's path), so the two paths agree by
+construction on everything except the network's logits. Pure torch and
+numpy, no vLLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vllm_sdar.algorithm.logit_rules import apply_logit_rules
+from vllm_sdar.algorithm.logprobs import SlotLogprobs, gather_logprobs
+from vllm_sdar.algorithm.noise import StepNoise
+from vllm_sdar.algorithm.packing import BlockStep, StepPack, pack_step
+from vllm_sdar.algorithm.proposals import CPU_ROW_CHUNK, _concat_proposals, _propose_rows, _Rows
+from vllm_sdar.algorithm.rules import OutputRules, RuleContext
+from vllm_sdar.algorithm.schedule import _ENTROPY, Denoising, Sampling
+from vllm_sdar.algorithm.selection import _select_rows
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A batched step's outcome on the host (numpy), split per block on demand.
+
+    x0 / chosen: [M] per row; the logprob arrays hold one row per row of the
+    blocks that asked (`StepPack.logprob_rows`), padded to the widest
+    (id 0, -inf), every proposal included: the chosen ones are picked here.
+    """
+
+    pack: StepPack
+    x0: np.ndarray  # [M] int64
+    chosen: np.ndarray  # [M] bool
+    lp_ids: np.ndarray  # [L, K + 1] int64
+    lp_values: np.ndarray  # [L, K + 1] float32
+    lp_ranks: np.ndarray  # [L] int64
+
+    def decided(self, block: int) -> tuple[list[int], list[int]]:
+        """(offsets among the block's masked slots, tokens) unmasked now; a
+        proposal equal to MASK decides nothing."""
+        first = self.pack.first_row[block]
+        n = len(self.pack.masked[block])
+        x0 = self.x0[first : first + n]
+        keep = self.chosen[first : first + n] & (x0 != self.pack.mask_id)
+        return np.nonzero(keep)[0].tolist(), x0[keep].tolist()
+
+    def tokens(self, block: int) -> list[int]:
+        """The block's open slots after this step."""
+        out = list(self.pack.blocks[block].tokens)
+        masked = self.pack.masked[block]
+        for j, token in zip(*self.decided(block), strict=True):
+            out[masked[j]] = token
+        return out
+
+    def logprob_arrays(
+        self, block: int
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None:
+        """(slots, ids, values, ranks) of the decided slots, the block's own
+        width; None when the block has no masked slot or asked for none."""
+        b = self.pack.blocks[block]
+        if b.num_logprobs is None or not self.pack.masked[block]:
+            return None
+        rows, _ = self.decided(block)
+        k = self.pack.vocab if b.num_logprobs < 0 else min(b.num_logprobs, self.pack.vocab)
+        lp = np.asarray(rows, dtype=np.int64) + self.pack.lp_first[block]
+        slots = [self.pack.masked[block][j] for j in rows]
+        return (
+            slots,
+            self.lp_ids[lp, : k + 1],
+            self.lp_values[lp, : k + 1],
+            self.lp_ranks[lp],
+        )
+
+    def slot_logprobs(self, block: int) -> SlotLogprobs | None:
+        arrays = self.logprob_arrays(block)
+        if arrays is None:
+            return None
+        slots, ids, values, ranks = arrays
+        return SlotLogprobs(
+            slots, torch.from_numpy(ids), torch.from_numpy(values), torch.from_numpy(ranks)
+        )
+
+
+def _to_host(packed: torch.Tensor) -> np.ndarray:
+    """The step's one device->host transfer."""
+    return packed.to("cpu", copy=True).numpy()
+
+
+def denoise_batch(
+    logits: torch.Tensor,
+    pack: StepPack,
+    generator: torch.Generator | None = None,
+    logprobs_mode: str = "raw_logprobs",
+    inplace: bool = False,
+    cpu_path: bool | None = None,
+) -> StepResult:
+    """One denoising step of every packed block: `denoise_step_full` batched.
+
+    logits: [M, V], the masked rows of all blocks (`pack_step`'s order).
+    With `inplace` the forbidden tokens are written into `logits` (the
+    runner's own step tensor) instead of a copy. generator: noise of
+    sampled blocks without a `StepNoise`. The number of tensor ops does not
+    depend on the number of blocks, and the results reach the host in one
+    transfer, except on the CPU path (`cpu_path`, default: logits on the
+    CPU), where launches and host reads cost nothing but memory traffic
+    does: there proposals run over chunks of `CPU_ROW_CHUNK` rows (the
+    vocabulary-wide temporaries of a whole batch would be fresh pages every
+    step), and top-p nuclei are searched among the first candidates with a
+    host read per round instead of a full sort. Results are the same.
+    """
+    if logits.shape[0] != pack.num_rows:
+        raise ValueError(f"{pack.num_rows} masked rows but logits for {logits.shape[0]}")
+    device = logits.device
+    if cpu_path is None:
+        cpu_path = device.type == "cpu"
+    empty = np.zeros((0, pack.max_logprobs + 1))
+    if pack.num_rows == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return StepResult(pack, none, none.astype(bool), empty.astype(np.int64), empty, none)
+    row_float = pack.row_float.to(device, non_blocking=True)
+    row_int = pack.row_int.to(device, non_blocking=True)
+    request_float = pack.request_float.to(device, non_blocking=True)
+    request_int = pack.request_int.to(device, non_blocking=True)
+    lp_rows = (
+        pack.logprob_rows.to(device, non_blocking=True) if pack.logprob_rows.shape[0] else None
+    )
+    raw = None
+    if lp_rows is not None and logprobs_mode.startswith("raw"):
+        # Raw logprobs read the network's logits: only the rows that ask are
+        # kept aside before the forbidden tokens are written.
+        raw = logits.index_select(0, lp_rows).float()
+    work = logits.float()
+    if work is logits and not inplace:
+        work = work.clone()
+    # MASK and (below min_tokens) stop ids first: no transform may revive them.
+    work[:, pack.mask_id] = float("-inf")
+    if pack.forbid.shape[1]:
+        forbid = pack.forbid.to(device, non_blocking=True)
+        work.index_put_((forbid[0], forbid[1]), torch.tensor(float("-inf"), device=device))
+    if pack.rule_blocks is not None:
+        # `work` is this step's own tensor (a copy, or the runner's logits).
+        work = apply_logit_rules(work, pack.rule_blocks, inplace=True)
+    sampled_only = pack.any_sampled and not pack.any_greedy
+    rows = _Rows(
+        temperature=row_float[:, 0] if pack.any_sampled else None,
+        top_k=row_int[:, 1] if pack.max_top_k else None,
+        top_p=row_float[:, 1] if pack.any_top_p else None,
+        min_p=row_float[:, 2] if pack.any_min_p else None,
+        keys=row_int[:, 2] if pack.any_seeded else None,
+        seeded=row_int[:, 3].bool() if pack.any_seeded and pack.any_unseeded else None,
+        greedy=None if sampled_only or not pack.any_sampled else row_int[:, 4].bool(),
+        all_greedy=not pack.any_sampled,
+        max_top_k=pack.max_top_k,
+    )
+    with_entropy = _ENTROPY in pack.strategies
+    if cpu_path and pack.num_rows > CPU_ROW_CHUNK:
+        x0, confidence, entropy, drawn_from = _concat_proposals(
+            [
+                _propose_rows(
+                    work[start : start + CPU_ROW_CHUNK],
+                    rows.rows(start, start + CPU_ROW_CHUNK),
+                    generator,
+                    with_entropy,
+                    sync_free=False,
+                )
+                for start in range(0, pack.num_rows, CPU_ROW_CHUNK)
+            ]
+        )
+    else:
+        x0, confidence, entropy, drawn_from = _propose_rows(
+            work, rows, generator, with_entropy, sync_free=not cpu_path
+        )
+    chosen = _select_rows(
+        confidence,
+        entropy,
+        row_int[:, 0],
+        request_float,
+        request_int,
+        pack.strategies,
+        pack.width,
+    )
+    parts = [x0.double(), chosen.double()]
+    k = pack.max_logprobs
+    if lp_rows is not None:
+        if raw is not None:
+            values = raw
+        else:
+            if isinstance(drawn_from, list):
+                drawn_from = torch.cat(drawn_from)
+            values = drawn_from.index_select(0, lp_rows)
+        ids, vals, ranks = gather_logprobs(
+            values, x0.index_select(0, lp_rows), k, logprobs_mode.endswith("logprobs")
+        )
+        # Columns past a block's own width are vLLM's padding (id 0, -inf).
+        pad = torch.arange(k + 1, device=device)[None, :] >= pack.logprob_width.to(device)[:, None]
+        ids = ids.masked_fill(pad, 0)
+        vals = vals.float().masked_fill(pad, float("-inf"))
+        parts += [ranks.double(), ids.double().flatten(), vals.double().flatten()]
+    host = _to_host(torch.cat(parts))
+    m = pack.num_rows
+    x0_host = host[:m].astype(np.int64)
+    chosen_host = host[m : 2 * m] > 0
+    if lp_rows is None:
+        none = np.zeros(0, dtype=np.int64)
+        return StepResult(pack, x0_host, chosen_host, empty.astype(np.int64), empty, none)
+    n = pack.logprob_rows.shape[0]
+    ranks_host = host[2 * m : 2 * m + n].astype(np.int64)
+    flat = host[2 * m + n :]
+    ids_host = flat[: n * (k + 1)].reshape(n, k + 1).astype(np.int64)
+    vals_host = flat[n * (k + 1) :].reshape(n, k + 1).astype(np.float32)
+    return StepResult(pack, x0_host, chosen_host, ids_host, vals_host, ranks_host)
+
+
+def denoise_step(
+    tokens: torch.Tensor,
+    masked_logits: torch.Tensor,
+    mask_id: int,
+    step: int,
+    denoising: Denoising,
+    sampling: Sampling,
+    generator: torch.Generator | StepNoise | None = None,
+    output_rules: OutputRules | None = None,
+    first_output_pos: int = 0,
+) -> torch.Tensor:
+    """One denoising step of one block.
+
+    tokens: [L] the block's open slots (MASK where undecided); callers
+    leave out a prompt tail sharing the block, which is context even if it
+    holds the MASK id. masked_logits: [M, V] the network's logits at the
+    M MASK slots, in position order (no shift: a slot's logits predict that
+    slot). Only masked slots are ever written, so the caller computes no
+    logits (no lm_head rows) for decided ones. first_output_pos: index of
+    tokens[0] in the generated output (for min_tokens). Returns the new tokens.
+    """
+    new_tokens, _ = denoise_step_full(
+        tokens,
+        masked_logits,
+        mask_id,
+        step,
+        denoising,
+        sampling,
+        generator,
+        output_rules=output_rules,
+        first_output_pos=first_output_pos,
+    )
+    return new_tokens
+
+
+def denoise_step_full(
+    tokens: torch.Tensor,
+    masked_logits: torch.Tensor,
+    mask_id: int,
+    step: int,
+    denoising: Denoising,
+    sampling: Sampling,
+    generator: torch.Generator | StepNoise | None = None,
+    context: RuleContext | None = None,
+    num_logprobs: int | None = None,
+    logprobs_mode: str = "raw_logprobs",
+    output_rules: OutputRules | None = None,
+    first_output_pos: int = 0,
+) -> tuple[torch.Tensor, SlotLogprobs | None]:
+    """`denoise_step` with vLLM's logits transforms and logprobs.
+
+    A batch of one for `denoise_batch`. The transforms (`logit_rules`)
+    change every masked row before the proposal, so they move confidence
+    and thus which slots unmask. With num_logprobs set (vLLM's `logprobs`;
+    -1 = whole vocabulary), returns the logprobs of the slots unmasked this
+    step in the distribution of this step: `raw_*` from the network's
+    logits, `processed_*` from the logits the token was drawn from (after
+    the transforms; when sampling also after temperature, min_p,
+    top-k/top-p), as vLLM's logprobs_mode. generator: a `StepNoise` (seeded
+    noise) or a torch generator (None: the default one) for sampling.
+    """
+    block = BlockStep(
+        tokens=tokens.tolist(),
+        step=step,
+        denoising=denoising,
+        sampling=sampling,
+        noise=generator if isinstance(generator, StepNoise) else None,
+        output_rules=output_rules,
+        first_output_pos=first_output_pos,
+        context=context,
+        num_logprobs=num_logprobs,
+    )
+    pack = pack_step([block], [masked_logits.shape[0]], mask_id, masked_logits.shape[-1])
+    if pack.num_rows == 0:
+        return tokens, None
+    gen = generator if isinstance(generator, torch.Generator) else None
+    result = denoise_batch(masked_logits, pack, gen, logprobs_mode)
+    out = torch.tensor(result.tokens(0), dtype=tokens.dtype)
+    return out, result.slot_logprobs(0)
