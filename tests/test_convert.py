@@ -33,7 +33,8 @@ from vllm_sdar.convert.objective import add_noise, hidden_states, sdar_loss, two
 from vllm_sdar.convert.sorting import Problem as SortProblem
 from vllm_sdar.convert.sorting import Sorting
 from vllm_sdar.convert.source import from_qwen3
-from vllm_sdar.convert.tasks import MODEL_VOCAB_SIZE, is_correct, task_from_json
+from vllm_sdar.convert.task_base import MODEL_VOCAB_SIZE, is_correct
+from vllm_sdar.convert.tasks import task_from_json
 from vllm_sdar.convert.toy import DEFAULT_OUT, Budget, held_out, trained_task
 from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
 from vllm_sdar.tools.tiny import ASSETS as SDAR_TOKENIZER

@@ -16,7 +16,8 @@ from vllm.v1.executor import ray_executor_v2
 from vllm.v1.executor.ray_executor_v2 import RayExecutorV2
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
-from vllm_sdar.engine.ray_cpu import RESOURCE, CpuRayWorkerProc
+from vllm_sdar.engine.ray_cpu import CpuRayWorkerProc
+from vllm_sdar.engine.ray_cpu_hook import RESOURCE
 
 from .engine_helpers import assert_matches_reference, generate_ids, sdar_llm
 from .ray_helpers import local_ray

@@ -13,10 +13,11 @@ Modules, one job each:
   forward under the BD3-LM/SDAR mask; weighting documented there);
 - train.py: the AdamW loop, checkpoints, resume, determinism;
 - checkpoint.py: the released format and training checkpoints;
-- toy.py (+ tasks.py, addition.py, sorting.py, ar.py, evaluate.py): the
-  miniature experiment that builds the trained toy pairs (SDAR model + its
-  AR parent): `vllm_sdar/assets/sdar-addition` (the project's default
-  model) + `ar-addition`, and the long-answer `sdar-sort` + `ar-sort`.
+- toy.py (+ task_base.py, addition.py, sorting.py, tasks.py (the task
+  registry), shapes.py, ar.py, evaluate.py): the miniature experiment that
+  builds the trained toy pairs (SDAR model + its AR parent):
+  `vllm_sdar/assets/sdar-addition` (the project's default model) +
+  `ar-addition`, and the long-answer `sdar-sort` + `ar-sort`.
 
 The output directory is an SDAR checkpoint in the released format
 (config.json with model_type "sdar", block_size, mask_token_id;

@@ -7,7 +7,7 @@ is what lets the project ship a real, trained SDAR checkpoint as its default
 model and rebuild it on a laptop CPU. Answers are short (1-4 digits + EOS:
 one or two blocks at B = 4); sorting.py is the long-answer task.
 
-Tokenizer and chat template: tasks.py. `[{"role": "user", "content":
+Tokenizer and chat template: task_base.py. `[{"role": "user", "content":
 "12+30"}]` renders as "12+30=" and the model answers "42<|endoftext|>".
 """
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from vllm_sdar.convert import tasks
-from vllm_sdar.convert.tasks import EOS, MODEL_VOCAB_SIZE, UNK  # noqa: F401 (re-exported)
+from vllm_sdar.convert import task_base
+from vllm_sdar.convert.task_base import EOS, MODEL_VOCAB_SIZE, UNK  # noqa: F401 (re-exported)
 
 CHARS = "0123456789+= \n"
 
 
 @dataclass(frozen=True)
-class Problem(tasks.Problem):
+class Problem(task_base.Problem):
     a: int
     b: int
 
@@ -41,7 +41,7 @@ class Problem(tasks.Problem):
 
 
 @dataclass(frozen=True)
-class Addition(tasks.Task):
+class Addition(task_base.Task):
     """a+b with operands of 1..max_digits digits."""
 
     max_digits: int = 3
@@ -61,7 +61,7 @@ class Addition(tasks.Task):
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """The character-level tokenizer (ids: the characters of CHARS, EOS, UNK)."""
-    return tasks.build_tokenizer(CHARS)
+    return task_base.build_tokenizer(CHARS)
 
 
 def _operand(rng: random.Random, max_digits: int) -> int:
@@ -79,12 +79,12 @@ def sample_problems(rng: random.Random, max_digits: int) -> Iterator[Problem]:
 def make_splits(
     n_train: int, n_test: int, max_digits: int, seed: int
 ) -> tuple[list[Problem], list[Problem]]:
-    """Train and test problems; no test problem occurs in training (tasks.Task.make_splits)."""
+    """Train and test problems; no test problem occurs in training (task_base.Task.make_splits)."""
     return Addition(max_digits).make_splits(n_train, n_test, seed)
 
 
 def write_jsonl(problems: Iterable[Problem], path: Path) -> Path:
-    return tasks.write_jsonl(problems, path)
+    return task_base.write_jsonl(problems, path)
 
 
-is_correct = tasks.is_correct
+is_correct = task_base.is_correct

@@ -5,7 +5,6 @@ normally download), and its greedy decoder for the baseline row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,8 @@ from tqdm import tqdm
 from transformers import DynamicCache, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
 from vllm_sdar.convert.data import Example, batch_order, collate
+from vllm_sdar.convert.shapes import ArSpec, qwen3_shape
 from vllm_sdar.convert.train import lr_factor
-from vllm_sdar.tools.tiny import qwen3_shape
-
-
-@dataclass(frozen=True)
-class ArSpec:
-    vocab_size: int
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 2
-    num_kv_heads: int = 1
-    head_dim: int = 64  # vLLM's CPU attention kernel rejects smaller heads
-    intermediate_size: int = 512
-    max_position_embeddings: int = 256
 
 
 def build_model(spec: ArSpec, eos_id: int) -> Qwen3ForCausalLM:

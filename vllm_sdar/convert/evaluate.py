@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen3ForCausalLM
 from vllm_sdar.algorithm.config import SdarOptions
 from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
 from vllm_sdar.convert.ar import greedy
-from vllm_sdar.convert.tasks import Problem
+from vllm_sdar.convert.task_base import Problem
 
 MAX_TOKENS = 8  # addition's budget (Task.max_tokens): 4-digit sum + EOS, with room
 

@@ -8,7 +8,7 @@ one forward: what parallel decoding needs. A 4-layer model learns it from
 scratch in minutes on one CPU thread (python -m vllm_sdar.convert.toy
 --task sort).
 
-Tokenizer and chat template: tasks.py. `[{"role": "user", "content":
+Tokenizer and chat template: task_base.py. `[{"role": "user", "content":
 "312"}]` renders as "312=" and the model answers "123<|endoftext|>".
 """
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from vllm_sdar.convert import tasks
+from vllm_sdar.convert import task_base
 
 CHARS = "0123456789="
 
 
 @dataclass(frozen=True)
-class Problem(tasks.Problem):
+class Problem(task_base.Problem):
     digits: str
 
     @property
@@ -36,7 +36,7 @@ class Problem(tasks.Problem):
 
 
 @dataclass(frozen=True)
-class Sorting(tasks.Task):
+class Sorting(task_base.Task):
     """Sort min_len..max_len random digits (length uniform, digits uniform)."""
 
     min_len: int = 16

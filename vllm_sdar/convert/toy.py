@@ -4,7 +4,7 @@
     python -m vllm_sdar.convert.toy --task sort  # rebuilds assets/sdar-sort + ar-sort
     python -m vllm_sdar.convert.toy --smoke --out /tmp/toy   # CI smoke run (~1 min)
 
-1. a character-level tokenizer and a task's data set (tasks.py; addition.py:
+1. a character-level tokenizer and a task's data set (task_base.py; addition.py:
    short answers, sorting.py: long answers), the test problems held out
    from training;
 2. a small Qwen3 trained from scratch with next-token loss (ar.py): the
@@ -35,11 +35,13 @@ import torch
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.convert.addition import Addition
-from vllm_sdar.convert.ar import ArSpec, train_ar
+from vllm_sdar.convert.ar import train_ar
 from vllm_sdar.convert.data import tokenize_record
 from vllm_sdar.convert.evaluate import eval_ar, eval_sdar, markdown_table
+from vllm_sdar.convert.shapes import ArSpec
 from vllm_sdar.convert.sorting import Sorting
-from vllm_sdar.convert.tasks import MODEL_VOCAB_SIZE, Problem, Task, task_from_json, write_jsonl
+from vllm_sdar.convert.task_base import MODEL_VOCAB_SIZE, Problem, Task, write_jsonl
+from vllm_sdar.convert.tasks import task_from_json
 from vllm_sdar.convert.train import SUMMARY_FILE, ConvertConfig, convert
 
 PACKAGE = Path(__file__).resolve().parent.parent

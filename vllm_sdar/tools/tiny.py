@@ -17,14 +17,11 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vllm_sdar.algorithm.config import DEFAULT_MASK_ID, SDARConfig, SDARMoeConfig
-
-if TYPE_CHECKING:
-    from vllm_sdar.convert.ar import ArSpec
+from vllm_sdar.convert.shapes import qwen3_shape
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sdar-4b-chat"
 TOKENIZER_FILES = (
@@ -54,24 +51,6 @@ class TinySpec:
     moe_intermediate_size: int = 64
     vocab_size: int = 151936
     lm_head_std: float = 0.5
-
-
-def qwen3_shape(spec: TinySpec | ArSpec) -> dict[str, Any]:
-    """Qwen3 config kwargs for a small model built like the SDAR releases:
-    RoPE base 1e6, RMSNorm eps 1e-6, untied lm_head (SDAR's is untied).
-    Shared by these random checkpoints and the toy's AR model."""
-    return dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        rope_theta=1_000_000,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )
 
 
 def build_config(spec: TinySpec) -> SDARConfig | SDARMoeConfig:
