@@ -52,16 +52,19 @@ def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float) 
 
 
 @contextmanager
-def serve(args: Sequence[str], cwd: Path, timeout: float) -> Iterator[str]:
+def serve(
+    args: Sequence[str], cwd: Path, timeout: float, command: str | None = None
+) -> Iterator[str]:
     """`vllm-sdar serve ARGS --port <free>` in `cwd` (log: cwd/server.log);
-    yields the base URL once /health answers, terminates it on exit."""
-    with serve_process(args, cwd, timeout) as (base, _):
+    yields the base URL once /health answers, terminates it on exit.
+    `command`: another environment's `vllm-sdar` (default: this one's)."""
+    with serve_process(args, cwd, timeout, command) as (base, _):
         yield base
 
 
 @contextmanager
 def serve_process(
-    args: Sequence[str], cwd: Path, timeout: float
+    args: Sequence[str], cwd: Path, timeout: float, command: str | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`serve`, also yielding the server process (fault tests signal it and
     its engine processes)."""
@@ -69,7 +72,7 @@ def serve_process(
     log_path = cwd / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [cli(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+            [command or cli(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=server_env(),
             stdout=log,
