@@ -58,25 +58,57 @@ def test_block_causal_forward_ignores_later_blocks(ref: ReferenceDecoder) -> Non
 
 
 @pytest.mark.parametrize("prompt_len", [1, 3, 4, 5])
-def test_forward_counts_by_prompt_length(ref: ReferenceDecoder, prompt_len: int) -> None:
+@pytest.mark.parametrize("strategy", ["sequential", "low_confidence_static"])
+def test_forward_counts_by_prompt_length(
+    ref: ReferenceDecoder, prompt_len: int, strategy: str
+) -> None:
     B = ref.block_size
     prompt = list(range(100, 100 + prompt_len))
-    req = Request(
-        max_tokens=8,
-        options=SdarOptions(remasking_strategy="low_confidence_static"),
-        ignore_eos=True,
-    )
+    req = Request(max_tokens=8, options=SdarOptions(remasking_strategy=strategy), ignore_eos=True)
     out = ref.generate_one(prompt, req)
     tail = prompt_len % B
     gen_first = B - tail
     # Blocks needed: first holds gen_first generated slots, then whole blocks.
     blocks = 1 + -(-(8 - gen_first) // B) if gen_first < 8 else 1
     prefill = 1 if prompt_len >= B else 0
-    # static, steps = B: each full block takes B forwards, the first takes gen_first
-    denoise = gen_first + (blocks - 1) * B
-    assert out.num_denoise_forwards == denoise
-    assert out.num_forwards == prefill + denoise + (blocks - 1)  # no commit after the last
+    # steps = B, one slot per step. Without the early finish every block
+    # takes all its steps: the first gen_first, the others B each.
+    whole_blocks = gen_first + (blocks - 1) * B
+    if strategy == "sequential":
+        # Left to right, the decided prefix grows by one per step, and the
+        # request ends on the step that decides its 8th token.
+        assert out.num_denoise_forwards == 8
+    else:
+        # Most confident first: the last block ends once its needed slots
+        # lead the block, which may take all of its steps.
+        last_needed = (8 - gen_first) % B or B
+        assert whole_blocks - (B - last_needed) <= out.num_denoise_forwards <= whole_blocks
+    assert out.num_forwards == prefill + out.num_denoise_forwards + (blocks - 1)
     assert len(out.token_ids) == 8 and out.finish_reason == "length"
+
+
+def test_early_finish_saves_forwards_not_tokens(ref: ReferenceDecoder) -> None:
+    # A stop token decided at a block's left ends the request before the
+    # block's other slots are decided; the tokens are the ones the block
+    # would have given (sequential: slot i is decided at step i).
+    prompt = [100, 101, 102, 103]
+    sequential = SdarOptions(remasking_strategy="sequential")
+    free = ref.generate_one(prompt, Request(max_tokens=8, ignore_eos=True, options=sequential))
+    # The first token of the second block not seen before it.
+    k = next(i for i in range(4, 8) if free.token_ids[i] not in free.token_ids[:i])
+    out = ref.generate_one(
+        prompt,
+        Request(
+            max_tokens=8,
+            stop_token_ids=(free.token_ids[k],),
+            options=sequential,
+        ),
+    )
+    assert out.token_ids == free.token_ids[: k + 1]
+    assert out.finish_reason == "stop"
+    # B = 4 steps for the first block, then one per slot up to slot k - 4.
+    assert out.num_denoise_forwards == k + 1
+    assert free.num_denoise_forwards == 8
 
 
 def test_eos_inside_block_is_kept_and_rest_dropped(ref: ReferenceDecoder) -> None:

@@ -24,6 +24,9 @@ DEFAULT_MASK_ID = 151669
 DEFAULT_STRATEGY = "low_confidence_dynamic"
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_EB_THRESHOLD = 0.35
+# "prefix": stream each token once it is final (the open block's decided
+# prefix); "block": hold a block's tokens until the whole block is final.
+STREAM_GRANULARITIES = ("prefix", "block")
 
 ARCHITECTURES = {
     "SDARForCausalLM": "sdar",
@@ -116,8 +119,15 @@ class SdarOptions:
     remasking_strategy: str = DEFAULT_STRATEGY
     confidence_threshold: float = DEFAULT_THRESHOLD
     eb_threshold: float = DEFAULT_EB_THRESHOLD
+    stream_granularity: str = STREAM_GRANULARITIES[0]
 
-    KEYS = ("denoising_steps", "remasking_strategy", "confidence_threshold", "eb_threshold")
+    KEYS = (
+        "denoising_steps",
+        "remasking_strategy",
+        "confidence_threshold",
+        "eb_threshold",
+        "stream_granularity",
+    )
 
     @classmethod
     def parse(
@@ -138,6 +148,11 @@ class SdarOptions:
         if strategy not in STRATEGIES:
             raise ValueError(
                 f"remasking_strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}"
+            )
+        if values["stream_granularity"] not in STREAM_GRANULARITIES:
+            raise ValueError(
+                f"stream_granularity must be one of {', '.join(STREAM_GRANULARITIES)}; "
+                f"got {values['stream_granularity']!r}"
             )
         for key in ("confidence_threshold", "eb_threshold"):
             value = values[key]

@@ -28,6 +28,7 @@ from vllm_sdar.algorithm.proposals import propose
 from vllm_sdar.algorithm.rules import (
     OutputRules,
     RuleContext,
+    decided_prefix,
     forbid_invalid_tokens,
     truncate_at_stop,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Sampling",
     "_filter_rows",
     "block_causal_mask",
+    "decided_prefix",
     "denoise_batch",
     "denoise_step",
     "denoise_step_full",

@@ -3,7 +3,11 @@
 Follows `shared/spec/sdar-decoding.md` literally, one request at a time,
 with transformers' DynamicCache: prefill the prompt's whole blocks, denoise
 each block with forwards that are not stored (the cache is cropped back),
-then one more forward to store the final block (the "commit").
+then one more forward to store the final block (the "commit"). One rule
+beyond the release code: a request ends as soon as the decided prefix of
+its open block holds a stop token or reaches max_tokens (the early finish,
+which the engine applies too), instead of finishing that block first; the
+tokens are the same, only forwards are saved.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vllm_sdar.algorithm.decoding import (
     OutputRules,
     RuleContext,
     Sampling,
+    decided_prefix,
     denoise_step_full,
     first_block,
     step_noise,
@@ -128,7 +133,9 @@ class ReferenceDecoder:
             # by the user).
             while bool((block[tail:] == self.mask_id).any()):
                 if step >= self.max_block_steps:  # the plugin's safety net
-                    return Result(generated, "error", forwards, denoise_forwards)
+                    open_now = block.tolist()[tail:]
+                    decided = open_now[: decided_prefix(open_now, self.mask_id)]
+                    return Result(generated + decided, "error", forwards, denoise_forwards)
                 logits = self._forward(block.tolist(), start, cache)
                 cache.crop(-B)  # a denoising forward is never stored
                 forwards += 1
@@ -159,12 +166,20 @@ class ReferenceDecoder:
                             int(step_logprobs.ranks[r]),
                         )
                 step += 1
+                # Early finish: the block's decided prefix is output already,
+                # so a stop or max_tokens inside it ends the request now (on
+                # the last step of a block the prefix is the whole block).
+                open_now = block.tolist()[tail:]
+                decided = open_now[: decided_prefix(open_now, self.mask_id)]
+                output, reason = truncate_at_stop(generated + decided, stops, request.max_tokens)
+                if reason is not None:
+                    kept = None
+                    if request.num_logprobs is not None:
+                        kept = logprobs + [block_logprobs[i] for i in range(len(decided))]
+                        kept = kept[: len(output)]
+                    return Result(output, reason, forwards, denoise_forwards, kept)
             generated += block.tolist()[tail:]
             logprobs += [block_logprobs[i] for i in sorted(block_logprobs)]
-            generated, reason = truncate_at_stop(generated, stops, request.max_tokens)
-            if reason is not None:
-                kept = logprobs[: len(generated)] if request.num_logprobs is not None else None
-                return Result(generated, reason, forwards, denoise_forwards, kept)
             self._forward(block.tolist(), start, cache)  # commit the final block
             forwards += 1
             start, tail = start + B, 0

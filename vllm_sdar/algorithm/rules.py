@@ -3,8 +3,9 @@
 Owns what a request forbids or trims besides the unmasking itself: the
 tokens a slot may never be given (`OutputRules`: stop ids below
 `min_tokens`; MASK is never an output) and their application to logits
-rows (`forbid_invalid_tokens`), the cut of a finished output at its first
-stop token or `max_tokens` (`truncate_at_stop`), and what a block's vLLM
+rows (`forbid_invalid_tokens`), which slots of an open block are already
+final output (`decided_prefix`), the cut of an output at its first stop
+token or `max_tokens` (`truncate_at_stop`), and what a block's vLLM
 logits transforms (`logit_rules`) read besides the block (`RuleContext`).
 Pure torch, no vLLM.
 """
@@ -87,3 +88,19 @@ def truncate_at_stop(
     if max_tokens is not None and len(out) >= max_tokens:
         return out[:max_tokens], "length"
     return out, None
+
+
+def decided_prefix(block_tokens: Sequence[int], mask_id: int) -> int:
+    """How many leading slots of an open block are final.
+
+    No strategy ever changes a slot once it is unmasked, so the contiguous
+    run of decided slots at the block's left is output already: it can be
+    streamed, and a stop token or `max_tokens` inside it ends the request
+    without finishing the block (the early finish; spec "Streaming and early
+    finish"). Slots right of the first MASK are decided too, but are not
+    output yet: text is emitted left to right.
+    """
+    for i, token in enumerate(block_tokens):
+        if token == mask_id:
+            return i
+    return len(block_tokens)

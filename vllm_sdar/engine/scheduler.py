@@ -10,8 +10,14 @@ Positions and the KV cache, for a request whose current block starts at s:
   next step and become cache only once the block is final and committed.
 - `request.all_token_ids` holds the prompt and the *final* tokens only, so
   vLLM's stop checks, detokenizer and prefix-cache hashing see real tokens.
-  The open block's ids (with MASKs) live in `BlockState` and travel to the
-  workers in each step's `BlockPlan`.
+  A token is final as soon as it is in the open block's decided prefix (no
+  strategy changes an unmasked slot): it is appended then, and streamed
+  unless the request asked for whole blocks. A stop or max_tokens there
+  ends the request at once (early finish). The open block's ids (with
+  MASKs) live in `BlockState` and travel to the workers in each step's
+  `BlockPlan`; its KV still becomes cache only once the whole block is
+  final (prefix-cache pages end on block boundaries, so a page never holds
+  a partly decided block).
 
 Reused from vLLM's Scheduler (inherited): request bookkeeping, queues,
 KV-cache manager, preemption, stop checks, finishing, stats. Replaced:
@@ -41,7 +47,14 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from vllm_sdar.algorithm.config import SdarDeployment
-from vllm_sdar.algorithm.decoding import Denoising, OutputRules, RuleContext, Sampling, first_block
+from vllm_sdar.algorithm.decoding import (
+    Denoising,
+    OutputRules,
+    RuleContext,
+    Sampling,
+    decided_prefix,
+    first_block,
+)
 from vllm_sdar.algorithm.logit_rules import LogitRules
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 
@@ -60,7 +73,10 @@ class BlockState:
     sampling: Sampling
     seed: int
     output_rules: OutputRules
+    stream_blocks: bool = False  # hold tokens until the block is final
     step: int = 0
+    appended: int = 0  # leading slots appended to the request's output (final)
+    sent: int = 0  # leading slots sent to the client (<= appended)
     rules: LogitRules | None = None  # None: no logits transforms
     num_logprobs: int | None = None
     # slot -> (ids, values, rank) from the step that unmasked it (logprobs only)
@@ -82,10 +98,12 @@ class SdarScheduler(Scheduler):
         B = self.sdar.block_size
         start, tail = first_block(request.num_prompt_tokens, B)
         rules = LogitRules.from_params(params)
+        options = self.sdar.options_for(params.extra_args)
         self.blocks[request.request_id] = BlockState(
             block_start=start,
             tokens=[self.sdar.mask_id] * (B - tail),
-            denoising=self.sdar.options_for(params.extra_args).denoising(B),
+            denoising=options.denoising(B),
+            stream_blocks=options.stream_granularity == "block",
             sampling=Sampling(
                 temperature=params.temperature,
                 top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
@@ -132,11 +150,13 @@ class SdarScheduler(Scheduler):
                 return 0, None
         first = max(computed, request.num_prompt_tokens)
         if num_logits:
-            token_ids = request.all_token_ids[first:] + state.tokens
+            # all_token_ids may already hold the open block's decided prefix.
+            token_ids = request.all_token_ids[first : end - len(state.tokens)] + state.tokens
         else:
             token_ids = request.all_token_ids[first : computed + num_new]
+        first_output_pos = end - len(state.tokens) - request.num_prompt_tokens
         return num_new, BlockPlan(
-            context=self._rule_context(request, state) if num_logits else None,
+            context=self._rule_context(request, state, first_output_pos) if num_logits else None,
             num_logprobs=state.num_logprobs,
             first_pos=first,
             token_ids=list(token_ids),
@@ -148,20 +168,23 @@ class SdarScheduler(Scheduler):
             denoising=state.denoising,
             sampling=state.sampling,
             output_rules=state.output_rules,
-            first_output_pos=state.block_start
-            + self.sdar.block_size
-            - len(state.tokens)
-            - request.num_prompt_tokens,
+            first_output_pos=first_output_pos,
         )
 
     @staticmethod
-    def _rule_context(request: Request, state: BlockState) -> RuleContext | None:
-        """Only what the request's rules read travels with the plan."""
+    def _rule_context(
+        request: Request, state: BlockState, block_output_pos: int
+    ) -> RuleContext | None:
+        """Only what the request's rules read travels with the plan.
+
+        The rules read the output before the open block (as the reference
+        does), not the block's own decided prefix already appended.
+        """
         rules = state.rules
         if rules is None:
             return None
         need = rules.history_needed
-        out = request.output_token_ids
+        out = request.output_token_ids[:block_output_pos]
         generated = tuple(out if need is None else out[len(out) - need :] if need else ())
         prompt = tuple(request.prompt_token_ids or ()) if rules.repetition_penalty != 1.0 else ()
         return RuleContext(rules, generated, prompt)
@@ -294,11 +317,11 @@ class SdarScheduler(Scheduler):
             )
 
     @staticmethod
-    def _block_logprobs(state: BlockState, num_final: int) -> LogprobsLists | None:
-        """The final tokens' rows, in vLLM's layout, for one output."""
-        if state.num_logprobs is None or num_final == 0:
+    def _slot_logprobs(state: BlockState, first: int, end: int) -> LogprobsLists | None:
+        """Rows of the block's slots first..end, in vLLM's layout, for one output."""
+        if state.num_logprobs is None or end <= first:
             return None
-        rows = [state.logprobs[i] for i in range(num_final)]
+        rows = [state.logprobs[i] for i in range(first, end)]
         return LogprobsLists(
             logprob_token_ids=np.stack([r[0] for r in rows]),
             logprobs=np.stack([r[1] for r in rows]),
@@ -307,32 +330,32 @@ class SdarScheduler(Scheduler):
 
     # -- results -------------------------------------------------------------
 
-    def _finish_unconverged(
-        self,
-        request: Request,
-        state: BlockState,
-        outputs: dict[int, list[EngineCoreOutput]],
-        stopped: set[Request],
-    ) -> None:
+    def _output(self, request: Request, state: BlockState, done: bool) -> EngineCoreOutput:
+        """The slots appended since the last output, sent now."""
+        first, state.sent = state.sent, state.appended
+        prefill_stats = request.take_prefill_stats()
+        if prefill_stats is not None:
+            prefill_stats.finalize(self.kv_cache_manager.estimate_cached_tokens(request))
+        return EngineCoreOutput(
+            request_id=request.request_id,
+            new_token_ids=state.tokens[first : state.sent],
+            new_logprobs=self._slot_logprobs(state, first, state.sent),
+            finish_reason=request.get_finished_reason() if done else None,
+            stop_reason=request.stop_reason,
+            events=request.take_events(),
+            prefill_stats=prefill_stats,
+            spec_decode_metrics=request.spec_decode_metrics if done else None,
+            trace_headers=request.trace_headers,
+        )
+
+    @staticmethod
+    def _mark_unconverged(request: Request, state: BlockState) -> None:
         request.status = RequestStatus.FINISHED_ERROR
         request.stop_reason = (
             f"sdar_block_not_converged: block at position {state.block_start} still had "
             f"MASK slots after {state.step} denoising steps (max_block_steps)"
         )
         logger.error("SDAR request %s: %s", request.request_id, request.stop_reason)
-        outputs[request.client_index].append(
-            EngineCoreOutput(
-                request_id=request.request_id,
-                new_token_ids=[],
-                finish_reason=request.get_finished_reason(),
-                stop_reason=request.stop_reason,
-                events=request.take_events(),
-                spec_decode_metrics=request.spec_decode_metrics,
-                trace_headers=request.trace_headers,
-            )
-        )
-        self._free_request(request)
-        stopped.add(request)
 
     def update_from_output(
         self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
@@ -362,48 +385,36 @@ class SdarScheduler(Scheduler):
             if step_stats is not None:
                 step_stats.num_drafts += 1
                 step_stats.num_draft_tokens += was_open
-            if still_open and state.step < self.sdar.max_block_steps:
-                continue
-            if still_open:
+            # The decided prefix is final output: append it (vLLM's stop
+            # checks run per token) and stream it unless held for the block.
+            block_final = not still_open
+            decided = decided_prefix(state.tokens, mask)
+            appended, done = self._update_request_with_output(
+                request, state.tokens[state.appended : decided]
+            )
+            state.appended += len(appended)
+            if step_stats is not None:
+                step_stats.num_accepted_tokens += len(appended)
+            if not done and still_open and state.step >= self.sdar.max_block_steps:
                 # Safety net (MASK is never proposed, so this needs a bug or
                 # non-finite logits): end the request instead of holding its
                 # KV forever.
-                self._finish_unconverged(request, state, outputs, stopped)
-                continue
-
-            # The block is final: its tokens become the request's output.
-            final, done = self._update_request_with_output(request, list(new_tokens))
-            new_logprobs = self._block_logprobs(state, len(final))
-            if step_stats is not None:
-                step_stats.num_accepted_tokens += len(final)
+                self._mark_unconverged(request, state)
+                done = True
             next_start = state.block_start + self.sdar.block_size
-            if not done and next_start + self.sdar.block_size > self.max_model_len:
+            if block_final and not done and next_start + self.sdar.block_size > self.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
                 done = True
-            if not done:
-                state.block_start, state.step = next_start, 0
-                state.tokens = [mask] * self.sdar.block_size
-                state.logprobs = {}
-            finish_reason = request.get_finished_reason() if done else None
-            prefill_stats = request.take_prefill_stats()
-            if prefill_stats is not None:
-                prefill_stats.finalize(self.kv_cache_manager.estimate_cached_tokens(request))
-            outputs[request.client_index].append(
-                EngineCoreOutput(
-                    request_id=req_id,
-                    new_token_ids=final,
-                    new_logprobs=new_logprobs,
-                    finish_reason=finish_reason,
-                    stop_reason=request.stop_reason,
-                    events=request.take_events(),
-                    prefill_stats=prefill_stats,
-                    spec_decode_metrics=request.spec_decode_metrics if done else None,
-                    trace_headers=request.trace_headers,
-                )
-            )
+            if done or (state.appended > state.sent and (block_final or not state.stream_blocks)):
+                outputs[request.client_index].append(self._output(request, state, done))
             if done:
                 self._free_request(request)
                 stopped.add(request)
+            elif block_final:
+                state.block_start, state.step = next_start, 0
+                state.tokens = [mask] * self.sdar.block_size
+                state.appended = state.sent = 0
+                state.logprobs = {}
 
         if stopped:
             self.running = remove_all(self.running, stopped)
