@@ -1,5 +1,5 @@
-"""Side-by-side benchmarks: SDAR in vLLM vs stock autoregressive vLLM vs the
-reference decoder, all measured in one run on one machine (see README.md).
-
-Run with `python -m benchmarks.run [--quick] [--out benchmarks/results]`.
+"""Benchmark studies of the SDAR plugin, each a thin module over one harness
+(`benchmarks.harness`): `python -m benchmarks.<study> [--quick]`. See
+benchmarks/README.md for what each measures and the command behind every
+figure and table the project cites.
 """

@@ -1,6 +1,9 @@
 """A PROJECTION (not a measurement) of SDAR vs AR tokens/s on H100 and H200.
 
-    python -m benchmarks.projection [--tpf 1.9] [--shapes <shapes results JSON>]
+    python -m benchmarks.projection [--tpf 2.07,3.37] [--shapes <shapes results JSON>]
+
+Writes OUT/<date>-projection.json and .md (a projection: no machine in the
+name, nothing was measured on one).
 
 Nothing here ran on a GPU. Step time = the roofline of one forward
 (`roofline.forward_cost`: weights read once, KV per request, MoE experts
@@ -23,13 +26,13 @@ prompts, lengths and batch compositions.
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.results import md_table, parser, publish
 from benchmarks.roofline import Shape, forward_cost, limit_s
-from benchmarks.table import _md
 
 GPUS = {
     # Published dense bf16 tensor-core peak and HBM bandwidth (SXM parts).
@@ -133,7 +136,7 @@ def render(rows: list[dict[str, Any]], measured: dict[str, float]) -> str:
         for t in tpfs:
             line += [f"{cell[t]['sdar_tok_s']:,}", f"{cell[t]['speedup']}x"]
         table.append(line)
-    lines.append(_md(header, table))
+    lines.append(md_table(header, table))
     if measured:
         lines += [
             "",
@@ -147,35 +150,29 @@ def render(rows: list[dict[str, Any]], measured: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--tpf", default="2.07,3.37", help="SDAR tokens per forward, comma-separated"
-    )
-    parser.add_argument("--block-size", type=int, default=4)
-    parser.add_argument("--batches", default="1,64,128")
-    parser.add_argument("--shapes", type=Path, help="benchmarks.shapes results JSON")
-    parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> Path:
+    cli = parser(__doc__)
+    cli.add_argument("--tpf", default="2.07,3.37", help="SDAR tokens per forward, comma-separated")
+    cli.add_argument("--block-size", type=int, default=4)
+    cli.add_argument("--batches", default="1,64,128")
+    cli.add_argument("--shapes", type=Path, help="benchmarks.shapes results JSON")
+    args = cli.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
     rows = [r for t in args.tpf.split(",") for r in project(float(t), args.block_size, batches)]
     measured = measured_batch1_ratio(args.shapes)
     text = render(rows, measured)
-    if args.out:
-        payload = {
-            "projection": True,
-            "gpus": GPUS,
-            "memory_efficiency": MEMORY_EFFICIENCY,
-            "compute_efficiency": COMPUTE_EFFICIENCY,
-            "context": CONTEXT,
-            "rows": rows,
-            "measured_batch1_ratio_cpu": measured,
-            "published": PUBLISHED,
-        }
-        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
     print(text)
-    return text
+    payload = {
+        "projection": True,
+        "gpus": GPUS,
+        "memory_efficiency": MEMORY_EFFICIENCY,
+        "compute_efficiency": COMPUTE_EFFICIENCY,
+        "context": CONTEXT,
+        "rows": rows,
+        "measured_batch1_ratio_cpu": measured,
+        "published": PUBLISHED,
+    }
+    return publish(payload, args.out, f"{dt.date.today().isoformat()}-projection", text)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,15 @@ def measure_machine(dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[s
         "bf16_native": bool(torch.backends.mkldnn.is_available())
         and torch.cpu._is_avx512_bf16_supported(),
     }
+
+
+class MachineProbe:
+    """Harness worker factory: the machine's limits, measured in a process of
+    their own with the engines' thread count and LD_PRELOAD."""
+
+    def __init__(self, threads: int, dtypes: list[str]) -> None:
+        torch.set_num_threads(threads)
+        self.dtypes = tuple(dtypes)
+
+    def measure(self) -> dict[str, Any]:
+        return measure_machine(self.dtypes)

@@ -1,22 +1,16 @@
-"""Tables and figures for `benchmarks.shapes` results (JSON in, md + png out).
+"""Tables and figures of `benchmarks.shapes` results (JSON in, md + png out).
 
-python -m benchmarks.shapes_report benchmarks/results/<stem>.json   # re-render
+Re-render a results file: `python -m benchmarks.shapes --render <stem>-shapes.json`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from benchmarks.table import _fmt, _md  # noqa: E402
+from benchmarks.harness.figures import panels, save
+from benchmarks.harness.results import fmt, md_table, publish
 
 
 def ratio_table(results: dict[str, Any]) -> str:
@@ -47,18 +41,18 @@ def ratio_table(results: dict[str, Any]) -> str:
                 r["dtype"],
                 r["batch"],
                 r["block_size"],
-                _fmt(r["ar_step_ms"], 1),
-                _fmt(r["sdar_all_masked_ms"], 1),
-                _fmt(r["sdar_after_first_ms"], 1),
-                _fmt(r["ratio_all_masked"]),
-                _fmt(r["ratio_after_first"]),
-                _fmt(r["break_even_tpf"]),
+                fmt(r["ar_step_ms"], 1),
+                fmt(r["sdar_all_masked_ms"], 1),
+                fmt(r["sdar_after_first_ms"], 1),
+                fmt(r["ratio_all_masked"]),
+                fmt(r["ratio_after_first"]),
+                fmt(r["break_even_tpf"]),
                 roof["ar"]["bound"],
                 f"{100 * roof['ar']['fraction_of_limit']:.0f}%",
                 f"{100 * roof['all_masked']['fraction_of_limit']:.0f}%",
             ]
         )
-    return _md(header, rows)
+    return md_table(header, rows)
 
 
 def regime_table(results: dict[str, Any]) -> str:
@@ -92,7 +86,7 @@ def regime_table(results: dict[str, Any]) -> str:
              predicted if predicted else f"> {pts[-1][0]}"]
         )  # fmt: skip
     batches = sorted({r["batch"] for r in results["rows"]})
-    return _md(
+    return md_table(
         ["model", "dtype", "engine", f"step / batch-1 step at batch {'/'.join(map(str, batches))}",
          "turns (measured, >= 1.5x)", "turns (roofline)"],
         rows,
@@ -111,7 +105,7 @@ def machine_table(results: dict[str, Any]) -> str:
         if results.get("machine_remeasured")
         else "measured in this run"
     )
-    return _md([f"machine limit ({when})", "value"], rows)
+    return md_table([f"machine limit ({when})", "value"], rows)
 
 
 def preload_table(results: dict[str, Any]) -> str:
@@ -120,10 +114,10 @@ def preload_table(results: dict[str, Any]) -> str:
         return ""
     rows = [
         [g["model"], g["dtype"], g["engine"], g["batch"], g["step"], g["without_ms"], g["with_ms"],
-         _fmt(g["speedup"])]
+         fmt(g["speedup"])]
         for g in gain
     ]  # fmt: skip
-    return _md(
+    return md_table(
         ["model", "dtype", "engine", "batch", "step", "no preload ms", "preload ms", "speed-up"],
         rows,
     )
@@ -162,22 +156,9 @@ def _series(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any
     return groups
 
 
-def _panels(count: int) -> tuple[Any, Any]:
-    """One panel per (model, dtype), side by side."""
-    count = max(1, count)
-    return plt.subplots(1, count, figsize=(5 * count, 4), squeeze=False)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_ratios(results: dict[str, Any], path: Path) -> Path:
     groups = _series(results)
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
         for b, color in ((4, "tab:blue"), (16, "tab:orange")):
             pts = sorted((r["batch"], r) for r in rows if r["block_size"] == b)
@@ -194,7 +175,7 @@ def plot_ratios(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("SDAR step / AR step")
         ax.set_title(f"{model}\n{dtype}", fontsize=9)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_roofline(results: dict[str, Any], path: Path) -> Path:
@@ -202,7 +183,7 @@ def plot_roofline(results: dict[str, Any], path: Path) -> Path:
     m = results["machine"]
     bw = m["bandwidth_gb_s"]
     groups = _series(results)
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, ((model, dtype), rows) in zip(axes[0], sorted(groups.items())):
         peak = m["matmul_gflops"][dtype]
         xs = [0.1 * 1.5**i for i in range(40)]
@@ -232,29 +213,14 @@ def plot_roofline(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("achieved GFLOP/s")
         ax.set_title(f"{model}\n{dtype} (labels: batch)", fontsize=9)
         ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def write(results: dict[str, Any], out: Path, stem: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    results["figures"] = [
-        plot_ratios(results, out / f"{stem}-ratio.png").name,
-        plot_roofline(results, out / f"{stem}-roofline.png").name,
-    ]
-    path = out / f"{stem}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(render(results))
-    return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", type=Path)
-    args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
-    write(results, args.results.parent, args.results.stem)
-    print(render(results))
-
-
-if __name__ == "__main__":
-    main()
+def write(results: dict[str, Any], out: Path, name: str) -> Path:
+    """JSON, tables and both figures of one run."""
+    results["figures"] = [f"{name}-ratio.png", f"{name}-roofline.png"]
+    draw = {
+        results["figures"][0]: lambda p: plot_ratios(results, p),
+        results["figures"][1]: lambda p: plot_roofline(results, p),
+    }
+    return publish(results, out, name, render(results), draw)

@@ -3,13 +3,14 @@
     python -m benchmarks.trained                 # full: both pairs, 500 problems, batch 1/8/64
     python -m benchmarks.trained --quick --out /tmp/b   # smoke: a few problems, batch 1 and 8
     python -m benchmarks.trained --pairs sort    # one pair only
+    python -m benchmarks.trained --render benchmarks/results/<stem>-trained.json
 
 The pairs are the project's trained toys (python -m vllm_sdar.convert.toy
 [--task sort]): `vllm_sdar/assets/sdar-<task>` (SDAR, B = 4) and
 `ar-<task>`, the AR Qwen3 it was converted from, built by the same run.
 Both run in the real engine, offline `LLM.generate`, one torch thread:
 SDAR under the plugin (low_confidence_static and low_confidence_dynamic at
-each threshold), the AR parent under stock vLLM, greedy (benchmarks.engine
+each threshold), the AR parent under stock vLLM, greedy (the harness
 verifies which scheduler and runner each engine runs). Prompts are the
 model's held-out test problems rendered with its chat template; requests
 stop at EOS as a user's would, so tokens/s counts generated tokens up to
@@ -19,48 +20,57 @@ exact match (the answer text, finished by the stop token).
 "Batch b" = the problems submitted b at a time, each group through
 `LLM.generate` together, one group after another; latency is per request,
 from its group's submission. Batch 1 times the first `batch1_problems`
-problems only (recorded per cell as "problems").
+problems only (recorded per cell as "problems"). Each cell is the median of
+`repeats` passes (by wall time).
 
-Output: OUT/<date>-<machine>-trained.json, .md (tables) and .png (SDAR/AR
-tokens/s ratio vs batch per strategy, and accuracy). Progress on stderr.
+Output: OUT/<date>-<machine>-trained.json, .md (tables) and .png
+(trained_report). Progress on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python benchmarks/trained.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("SDAR_BENCH_THREADS", "1")  # before env.configure()
-
-from benchmarks import env  # noqa: E402
-
-# Before anything imports torch (benchmarks.config does): torch sizes its
-# thread pool from OMP_NUM_THREADS, and a second thread's OpenMP barriers
-# stalled whole seconds at a time on this shared 2-core machine.
-env.configure()
-
-from benchmarks.config import DYNAMIC, STATIC, Method  # noqa: E402
-from benchmarks.stats import latency_summary, ratio  # noqa: E402
+from benchmarks.harness import env
+from benchmarks.harness.results import parser, publish, stem
+from benchmarks.harness.timing import latency_summary, median_run, ratio
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "vllm_sdar" / "assets"
-DEFAULT_OUT = REPO / "benchmarks" / "results"
 AR_ARCHITECTURE = "Qwen3ForCausalLM"
 MAX_MODEL_LEN = 256  # the toys' max_position_embeddings
+STATIC = "low_confidence_static"
+DYNAMIC = "low_confidence_dynamic"
 # Issue 12 targets (reported against, never asserted): SDAR dynamic 0.9
 # tokens/s over the AR parent's, within 2 accuracy points of it.
 TARGETS = {1: 1.6, 8: 1.3}
 TARGET_ACCURACY_POINTS = 2.0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One SDAR decoding setting."""
+
+    block_size: int
+    strategy: str
+    threshold: float | None = None
+
+    @property
+    def name(self) -> str:
+        tail = "static" if self.strategy == STATIC else f"dyn{self.threshold:g}"
+        return f"b{self.block_size}-{tail}"
+
+    def sdar_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"remasking_strategy": self.strategy}
+        if self.threshold is not None:
+            options["confidence_threshold"] = self.threshold
+        return options
 
 
 @dataclass(frozen=True)
@@ -91,9 +101,15 @@ def pair_dirs(task: str) -> tuple[Path, Path]:
     return ASSETS / f"sdar-{task}", ASSETS / f"ar-{task}"
 
 
+def chat_prompt(tokenizer: Any, problem: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+    )
+
+
 def _pass(llm: Any, prompts: list[str], answers: list[str], batch: int, params: Any) -> dict:
     """One pass over the problems, `batch` requests submitted together at a time."""
-    from benchmarks.engine import timed_generate
+    from benchmarks.harness.engines import timed_generate
 
     wall = 0.0
     latencies: list[float] = []
@@ -124,14 +140,13 @@ def _measure(
 ) -> dict[str, Any]:
     """`repeats` passes; the timings of the median pass (by wall time).
 
-    The machine is shared: a pass that another process slows down is
-    dropped rather than averaged in. Greedy decoding gives the same tokens
-    in every pass (checked), so counts and accuracy do not depend on the pick.
+    Greedy decoding gives the same tokens in every pass (checked), so counts
+    and accuracy do not depend on the pick.
     """
     passes = [_pass(llm, prompts, answers, batch, params) for _ in range(repeats)]
     if len({(p["tokens"], p["forwards"], p["correct"]) for p in passes}) != 1:
         raise RuntimeError(f"passes differ: {[(p['tokens'], p['correct']) for p in passes]}")
-    chosen = sorted(passes, key=lambda p: p["wall"])[len(passes) // 2]
+    chosen = median_run(passes, key=lambda p: p["wall"])
     n, tokens, forwards = len(prompts), chosen["tokens"], chosen["forwards"]
     return {
         "problems": n,
@@ -148,11 +163,51 @@ def _measure(
     }
 
 
+def _engine_cells(
+    llm: Any, kind: str, task: str, plan: Plan, problems: tuple[list, list], max_tokens: int
+) -> list[dict[str, Any]]:
+    """Every method of one engine at every batch size."""
+    from benchmarks.harness.engines import sampling_params
+
+    prompts, answers = problems
+    cells = []
+    methods: list[Method | None] = plan.methods() if kind == "sdar" else [None]
+    for method in methods:
+        options = method.sdar_options() if method else None
+        params = sampling_params(max_tokens, options, ignore_eos=False)
+        label = f"sdar-{method.name}" if method else "ar"
+        # Warm-up (lazy inits, allocator growth) outside the cells: a few
+        # requests one by one, then the largest batch once.
+        big = max(plan.batches)
+        _pass(llm, prompts[: plan.warmup_problems], answers, 1, params)
+        _pass(llm, prompts[:big], answers, big, params)
+        for batch in plan.batches:
+            n = plan.problems_at(batch)
+            rec = _measure(llm, prompts[:n], answers[:n], batch, params, plan.repeats)
+            cells.append(
+                {
+                    "pair": task,
+                    "method": label,
+                    "kind": kind,
+                    "strategy": method.strategy if method else None,
+                    "threshold": method.threshold if method else None,
+                    "batch": batch,
+                    **rec,
+                }
+            )
+            env.log(
+                f"{task} {label} batch={batch} n={n}: {rec['throughput_tok_s']} tok/s, "
+                f"acc {rec['accuracy']}, p50 {rec['latency_p50_s']}s"
+                + (f", TPF {rec['tpf']}" if rec["tpf"] else "")
+            )
+    return cells
+
+
 def run_pair(task: str, plan: Plan) -> dict[str, Any]:
+    """Both engines of one pair, one after another in this process."""
     from transformers import AutoTokenizer
 
-    from benchmarks.addition import render as render_prompt
-    from benchmarks.engine import EngineSpec, sampling_params, shutdown, start, verify
+    from benchmarks.harness.engines import EngineSpec, shutdown, start_verified
     from vllm_sdar.convert.toy import held_out, trained_task
 
     sdar_dir, ar_dir = pair_dirs(task)
@@ -164,8 +219,7 @@ def run_pair(task: str, plan: Plan) -> dict[str, Any]:
     problems = held_out(plan.problems, sdar_dir)
     if [p.prompt for p in held_out(8, ar_dir)] != [p.prompt for p in problems[:8]]:
         raise RuntimeError(f"{sdar_dir} and {ar_dir} hold out different problems")
-    prompts = [render_prompt(tokenizer, p.prompt) for p in problems]
-    answers = [p.answer for p in problems]
+    texts = ([chat_prompt(tokenizer, p.prompt) for p in problems], [p.answer for p in problems])
     out: dict[str, Any] = {
         "task": trained_task(sdar_dir).describe(),
         "sdar_model": str(sdar_dir.relative_to(REPO)),
@@ -174,46 +228,11 @@ def run_pair(task: str, plan: Plan) -> dict[str, Any]:
         "engines": {},
         "cells": [],
     }
-    specs = [
-        EngineSpec("sdar", plan.block_size, MAX_MODEL_LEN, max_num_seqs=max(plan.batches)),
-        EngineSpec("ar", None, MAX_MODEL_LEN, max_num_seqs=max(plan.batches)),
-    ]
-    for spec in specs:
-        model_dir = sdar_dir if spec.kind == "sdar" else ar_dir
-        began = time.perf_counter()
-        llm = start(model_dir, spec, AR_ARCHITECTURE)
+    for kind, model_dir, block in (("sdar", sdar_dir, plan.block_size), ("ar", ar_dir, None)):
+        spec = EngineSpec(kind, block, MAX_MODEL_LEN, max_num_seqs=max(plan.batches))
+        llm, out["engines"][kind] = start_verified(model_dir, spec, AR_ARCHITECTURE)
         try:
-            out["engines"][spec.kind] = verify(llm, spec) | {
-                "startup_s": round(time.perf_counter() - began, 1)
-            }
-            methods: list[Method | None] = plan.methods() if spec.kind == "sdar" else [None]
-            for method in methods:
-                options = method.sdar_options() if method else None
-                params = sampling_params(max_tokens, options, ignore_eos=False)
-                label = f"sdar-{method.name}" if method else "ar"
-                # Warm-up (lazy inits, allocator growth) outside the cells:
-                # a few requests one by one, then the largest batch once.
-                warm, big = plan.warmup_problems, max(plan.batches)
-                _pass(llm, prompts[:warm], answers, 1, params)
-                _pass(llm, prompts[:big], answers, big, params)
-                for batch in plan.batches:
-                    n = plan.problems_at(batch)
-                    rec = _measure(llm, prompts[:n], answers[:n], batch, params, plan.repeats)
-                    rec = {
-                        "pair": task,
-                        "method": label,
-                        "kind": spec.kind,
-                        "strategy": method.strategy if method else None,
-                        "threshold": method.threshold if method else None,
-                        "batch": batch,
-                        **rec,
-                    }
-                    out["cells"].append(rec)
-                    env.log(
-                        f"{task} {label} batch={batch} n={n}: {rec['throughput_tok_s']} tok/s, "
-                        f"acc {rec['accuracy']}, p50 {rec['latency_p50_s']}s"
-                        + (f", TPF {rec['tpf']}" if rec["tpf"] else "")
-                    )
+            out["cells"] += _engine_cells(llm, kind, task, plan, texts, max_tokens)
         finally:
             shutdown(llm)
     return out
@@ -274,172 +293,33 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# ------------------------------------------------------------------ output
+def write(results: dict[str, Any], out: Path, name: str) -> Path:
+    """JSON, the tables and the figure of one run."""
+    from benchmarks.trained_report import plot, render
 
-
-def _md(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("-" if v is None else str(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str | None:
-    return None if x is None else f"{x:.2f}"
-
-
-def render(results: dict[str, Any]) -> str:
-    env_ = results["environment"]
-    parts = [
-        f"Trained pairs through vLLM, {results['date']} on {env_['cpu']} ({env_['cores']} cores), "
-        f"mode {results['mode']}, {results['threads']} thread per engine, load average "
-        f"{results['loadavg_start']} -> {results['loadavg_end']}. Batch = requests submitted "
-        f"together; batch 1 times the first {results['plan']['batch1_problems']} problems, "
-        f"larger batches all {results['plan']['problems']}. Rerun: `{results['command']}`."
-    ]
-    cells = {(c["pair"], c["method"], c["batch"]): c for c in results["cells"]}
-    for pair, data in results["pairs"].items():
-        if "skipped" in data:
-            parts.append(f"### {pair}: skipped ({data['skipped']})")
-            continue
-        header = [
-            "method", "batch", "problems", "exact match", "tok/s", "SDAR/AR tok/s",
-            "acc. vs AR (points)", "TPF", "latency mean s", "p50 s", "p90 s",
-        ]  # fmt: skip
-        rows = []
-        ratios = {(r["pair"], r["method"], r["batch"]): r for r in results["comparison"]}
-        for (p, method, batch), c in sorted(
-            cells.items(), key=lambda kv: (kv[1]["kind"] != "ar", kv[0][1], kv[0][2])
-        ):
-            if p != pair:
-                continue
-            r = ratios.get((pair, method, batch), {})
-            rows.append(
-                [
-                    method,
-                    batch,
-                    c["problems"],
-                    f"{100 * c['accuracy']:.1f}%",
-                    c["throughput_tok_s"],
-                    _fmt(r.get("vs_ar")),
-                    r.get("accuracy_points_vs_ar"),
-                    c["tpf"],
-                    c["latency_mean_s"],
-                    c["latency_p50_s"],
-                    c["latency_p90_s"],
-                ]
-            )
-        parts.append(
-            f"### {pair}: {data['task']} ({data['sdar_model']} vs {data['ar_model']}, "
-            f"max_tokens {data['max_tokens']})\n\n" + _md(header, rows)
-        )
-    if results["targets"]:
-        rows = [
-            [
-                t["pair"],
-                t["batch"],
-                _fmt(t["tok_s_ratio"]),
-                f">= {t['target_ratio']}",
-                t["accuracy_points_vs_ar"],
-                "yes" if t["met"] else "no",
-            ]
-            for t in results["targets"]
-        ]
-        parts.append(
-            "### Issue targets (SDAR dynamic 0.9 vs the AR parent; accuracy within "
-            f"{TARGET_ACCURACY_POINTS:g} points)\n\n"
-            + _md(["pair", "batch", "SDAR/AR tok/s", "target", "acc. points", "met"], rows)
-        )
-    if results["errors"]:
-        parts.append(
-            "Errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in results["errors"].items())
-        )
-    return "\n\n".join(parts) + "\n"
-
-
-def plot(results: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["comparison"]
-    pairs = [p for p, d in results["pairs"].items() if "skipped" not in d]
-    methods = sorted({r["method"] for r in rows})
-    colors = dict(zip(methods, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
-    styles = dict(zip(pairs, ["-", "--", ":"]))
-    fig, (ax, acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for pair in pairs:
-        for method in methods:
-            pts = sorted(
-                (r["batch"], r["vs_ar"])
-                for r in rows
-                if r["pair"] == pair and r["method"] == method and r["vs_ar"] is not None
-            )
-            if pts:
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    marker="o",
-                    linestyle=styles[pair],
-                    color=colors[method],
-                    label=f"{pair}: {method}",
-                )
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    batches = sorted({r["batch"] for r in rows}) or [1]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [str(b) for b in batches])
-    ax.set_xlabel("batch (requests submitted together)")
-    ax.set_ylabel("SDAR tokens/s / AR parent tokens/s")
-    ax.set_title("SDAR vs its AR parent through vLLM (> 1: SDAR faster)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    # Accuracy: the largest batch (all problems), one bar per method, AR first.
-    largest = max(batches)
-    labels = ["ar", *methods]
-    width = 0.8 / max(len(pairs), 1)
-    for i, pair in enumerate(pairs):
-        by_method = {
-            c["method"]: c["accuracy"]
-            for c in results["cells"]
-            if c["pair"] == pair and c["batch"] == largest
-        }
-        xs = [j + i * width for j in range(len(labels))]
-        acc.bar(xs, [100 * by_method.get(m, 0) for m in labels], width, label=pair)
-    acc.set_xticks(
-        [j + width * (len(pairs) - 1) / 2 for j in range(len(labels))], labels, rotation=20
+    results["figure"] = f"{name}.png"
+    return publish(
+        results, out, name, render(results), {results["figure"]: lambda p: plot(results, p)}
     )
-    acc.set_ylabel(f"exact match % (batch {largest})")
-    acc.set_ylim(0, 100)
-    acc.set_title("accuracy on held-out problems")
-    acc.legend(fontsize=8)
-    acc.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke mode: a few problems")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--pairs", default=None, help="comma-separated tasks (default: the plan's)")
-    parser.add_argument(
+    cli = parser(__doc__, quick="smoke mode: a few problems")
+    cli.add_argument("--pairs", default=None, help="comma-separated tasks (default: the plan's)")
+    cli.add_argument(
         "--render", type=Path, default=None, help="only re-render the .md/.png of this results JSON"
     )
-    args = parser.parse_args(argv)
+    args = cli.parse_args(argv)
     if args.render is not None:
-        results = json.loads(args.render.read_text())
-        plot(results, args.render.with_suffix(".png"))
-        args.render.with_suffix(".md").write_text(render(results))
-        return args.render
+        return write(json.loads(args.render.read_text()), args.render.parent, args.render.stem)
+    # Before anything imports torch (run_pair does): torch sizes its thread
+    # pool from OMP_NUM_THREADS, and a second thread's OpenMP barriers
+    # stalled whole seconds at a time on this shared 2-core machine.
+    os.environ.setdefault("SDAR_BENCH_THREADS", "1")
+    env.configure()
     plan = QUICK if args.quick else FULL
     if args.pairs:
         plan = Plan(**(asdict(plan) | {"pairs": tuple(args.pairs.split(","))}))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.date.today().isoformat()}-{env.machine_slug()}-trained" + (
-        "-quick" if args.quick else ""
-    )
     command = "python -m benchmarks.trained" + (" --quick" if args.quick else "")
     if args.pairs:
         command += f" --pairs {args.pairs}"
@@ -450,7 +330,7 @@ def main(argv: list[str] | None = None) -> Path:
         "command": command,
         "machine": env.machine_slug(),
         "environment": env.describe(),
-        "threads": int(os.environ["SDAR_BENCH_THREADS"]),
+        "threads": env.threads(),
         "plan": asdict(plan),
         "loadavg_start": env.loadavg(),
         "pairs": {},
@@ -472,13 +352,7 @@ def main(argv: list[str] | None = None) -> Path:
     results["targets"] = targets(results["comparison"])
     results["wall_s"] = round(time.perf_counter() - began, 1)
     results["loadavg_end"] = env.loadavg()
-    figure = plot(results, args.out / f"{stem}.png")
-    results["figure"] = figure.name
-    path = args.out / f"{stem}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(render(results))
-    env.log(f"wrote {path}")
-    return path
+    return write(results, args.out, stem("trained", args.quick))
 
 
 if __name__ == "__main__":

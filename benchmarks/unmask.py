@@ -12,23 +12,25 @@ each with a fully masked block (B = 4) of real-vocabulary logits:
 Modes: greedy with low_confidence_dynamic 0.9; seeded sampling with
 top-k 50 / top-p 0.9 (`seeded-topk`) and without filters (`seeded`). The
 two variants are interleaved round by round (ABAB...), so machine load
-drifts over both equally; medians and p10/p90 are reported. Run:
-`python -m benchmarks.unmask [--quick] [--out benchmarks/results]`.
+drifts over both equally; medians and p10/p90 are reported.
+
+    python -m benchmarks.unmask [--quick] [--out benchmarks/results]
+
+Output: OUT/<date>-<machine>-unmask[-<modes>].json and .md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.env import describe, loadavg, log, machine_slug
-from benchmarks.sampling import old_decoding, summary
+from benchmarks.harness.env import describe, loadavg, log
+from benchmarks.harness.results import parser, publish, stem
+from benchmarks.harness.timing import interleave, summary, timed_ms
+from benchmarks.revision import decoding_at
 from vllm_sdar.algorithm.decoding import (
     BlockStep,
     Denoising,
@@ -107,7 +109,7 @@ def after_step(
 def run(
     batches: list[int], vocab: int, rounds: int, before: str, modes: list[str]
 ) -> dict[str, Any]:
-    old = old_decoding(before)
+    old = decoding_at(before)
     results: dict[str, Any] = {}
     for batch in batches:
         torch.manual_seed(batch)
@@ -118,14 +120,9 @@ def run(
                 "before": before_step(old, logits, sampling, denoising),
                 "after": after_step(logits, sampling, denoising),
             }
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            for step in variants.values():  # warm-up
-                step()
-            for _ in range(rounds):
-                for name, step in variants.items():
-                    t0 = time.perf_counter()
-                    step()
-                    times[name].append((time.perf_counter() - t0) * 1000)
+            times = interleave(
+                {name: timed_ms(step) for name, step in variants.items()}, rounds, warmup=True
+            )
             entry = {name: summary(ts) for name, ts in times.items()}
             entry["after_vs_before"] = entry["after"]["median_ms"] / entry["before"]["median_ms"]
             results[f"{mode}/b{batch}"] = entry
@@ -155,17 +152,13 @@ def table(results: dict[str, Any], vocab: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small vocab, few rounds (smoke)")
-    parser.add_argument("--batches", default="1,8,64,128")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of MODES")
-    parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' code")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="write <out>/<date>-<machine>-unmask.json/.md"
-    )
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> Path:
+    cli = parser(__doc__, quick="small vocab, few rounds (smoke)")
+    cli.add_argument("--batches", default="1,8,64,128")
+    cli.add_argument("--rounds", type=int, default=7)
+    cli.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of MODES")
+    cli.add_argument("--before", default=BEFORE, help="git revision of the 'before' code")
+    args = cli.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     batches, vocab, rounds = ([1, 4], 4096, 3) if args.quick else (batches, 151936, args.rounds)
     torch.set_num_threads(1)
@@ -184,16 +177,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     text = table(results, vocab)
     print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"{time.strftime('%Y-%m-%d')}-{machine_slug()}-unmask" + (
-            "-quick" if args.quick else ""
-        )
-        if args.modes != ",".join(MODES):
-            stem += "-" + args.modes.replace(",", "+")
-        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-        (args.out / f"{stem}.md").write_text(text + "\n")
-    return report
+    name = stem("unmask", args.quick)
+    if args.modes != ",".join(MODES):
+        name += "-" + args.modes.replace(",", "+")
+    return publish(report, args.out, name, text)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.projection import project
 from benchmarks.roofline import Shape, expected_experts, forward_cost, limit_s
+from benchmarks.shapes_analysis import analyse
 
 REPO = Path(__file__).resolve().parent.parent
 DENSE = Shape(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, vocab=151936,
@@ -90,6 +91,8 @@ def test_quick_run_produces_every_number(tmp_path: Path) -> None:
     engines = {f["engines"]["scheduler"].rsplit(".", 1)[-1] for f in results["fragments"]}
     assert engines == {"Scheduler", "SdarScheduler"}
     assert results["machine"]["bandwidth_gb_s"] > 0
+    # The rows are a pure function of the recorded steps and limits (--reanalyse relies on it).
+    assert analyse(results["fragments"], results["machine"]) == rows
     for name in results["figures"]:
         assert (tmp_path / name).stat().st_size > 0
     assert "break-even TPF" in (tmp_path / path.with_suffix(".md").name).read_text()

@@ -1,15 +1,17 @@
-"""The benchmark suite's quick mode as a smoke test (benchmarks/README.md).
+"""The benchmark harness (benchmarks/harness) and the trained-pairs study.
 
-Runs `python -m benchmarks.run --quick` into a temporary directory and
-checks that every figure and table is produced and that the numbers are
-sane: every cell present, throughputs > 0, ratios finite, TPF >= 1. It
-never asserts speed: wall-clock numbers depend on the machine and its load.
+The harness pieces every study stands on are checked directly: interleaved
+rounds, result files, and a worker process kept alive and called in turn.
+The trained-pairs study runs its quick mode for real (vLLM engines) and its
+outputs are checked to be produced and sane. Nothing asserts speed:
+wall-clock numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,142 +19,82 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("matplotlib", reason="benchmark figures need matplotlib (test extra)")
+from benchmarks.harness.results import md_table, publish, stem
+from benchmarks.harness.timing import interleave, median_run, summary
+from benchmarks.harness.workers import Worker, run_once
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.engine
+ECHO = f"{__name__}:Echo"
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-5000:]
-    files = list(out.glob("*-quick.json"))
-    assert len(files) == 1, list(out.iterdir())
-    return out, json.loads(files[0].read_text())
+class Echo:
+    """A worker factory: the harness's worker protocol without an engine."""
+
+    def __init__(self, tag: str, fail: bool = False) -> None:
+        if fail:
+            raise RuntimeError("factory failed on purpose")
+        self.info = {"tag": tag, "pid": os.getpid()}
+
+    def measure(self, **call: Any) -> dict[str, Any]:
+        return {"call": call, "pid": os.getpid(), "threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _finite_positive(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_no_phase_failed(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    assert r["errors"] == {}
-    for key in (
-        "schema_version", "date", "mode", "machine", "environment", "suite", "grid",
-        "cells", "ratios", "overhead", "serving", "tpf_vs_threshold", "figures", "table",
-    ):  # fmt: skip
-        assert key in r, key
-    assert r["mode"] == "quick"
+def test_interleave_runs_variants_in_turn_round_by_round() -> None:
+    calls: list[str] = []
+
+    def variant(name: str) -> Any:
+        return lambda: calls.append(name) or len(calls)
+
+    out = interleave({"a": variant("a"), "b": variant("b")}, rounds=3, warmup=True)
+    assert calls == ["a", "b"] * 4  # one warm-up call each, then ABABAB
+    assert out == {"a": [3, 5, 7], "b": [4, 6, 8]}
+    s = summary([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert s["median_ms"] == 3.0 and s["n"] == 5 and s["p10_ms"] <= 3.0 <= s["p90_ms"]
+    assert median_run([{"w": 3}, {"w": 1}, {"w": 2}], key=lambda r: r["w"]) == {"w": 2}
 
 
-def test_every_cell_measured_by_every_method(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    have = {(c["model"], c["method"], c["batch"], c["output_len"]) for c in r["cells"]}
-    for cell in r["grid"]["cells"]:
-        key = (cell["model"], cell["batch"], cell["output_len"])
-        assert (key[0], "ar", *key[1:]) in have, key
-        for block in cell["block_sizes"]:
-            for strategy in cell["strategies"]:
-                tail = "static" if strategy.endswith("static") else "dyn0.9"
-                for prefix in ("sdar", "ref"):
-                    assert (key[0], f"{prefix}-b{block}-{tail}", *key[1:]) in have, (key, prefix)
-    for c in r["cells"]:
-        assert _finite_positive(c["throughput_tok_s"]), c
-        assert c["output_tokens"] == c["batch"] * c["output_len"], c
-        assert 0 < c["latency_p50_s"] <= c["latency_p90_s"] <= c["wall_s"] * 1.001, c
+def test_publish_writes_figures_then_json_and_markdown(tmp_path: Path) -> None:
+    name = stem("study", quick=True)
+    assert name.endswith("-study-quick") and name[:4].isdigit()
+    table = md_table(["a", "b"], [[1, 0.5], [None, "x"]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.50 |", "| - | x |"]
+    path = publish({"k": 1}, tmp_path, name, table, {f"{name}.png": lambda p: p.write_bytes(b"x")})
+    assert json.loads(path.read_text()) == {"k": 1}
+    assert (tmp_path / f"{name}.md").read_text() == table + "\n"
+    assert (tmp_path / f"{name}.png").read_bytes() == b"x"
 
 
-def test_ratios_and_tokens_per_forward(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    sdar_cells = [c for c in r["cells"] if c["kind"] == "sdar"]
-    assert len(r["ratios"]) == len(sdar_cells) > 0
-    for row in r["ratios"]:
-        assert _finite_positive(row["vs_ar"]), row
-        assert _finite_positive(row["vs_reference"]), row
-        # Denoising forwards: at most one per generated token.
-        assert row["tpf"] >= 1.0, row
-        assert row["reference_denoise_tpf"] >= 1.0, row
-        # The reference also counts its prefill and commit forwards.
-        assert _finite_positive(row["reference_tpf"]), row
-    refs = [c for c in r["cells"] if c["kind"] == "reference"]
-    assert any(c["extrapolated"] for c in refs) and any(not c["extrapolated"] for c in refs)
+def test_worker_keeps_an_object_alive_in_its_own_process(tmp_path: Path) -> None:
+    proc_env = {**os.environ, "SDAR_BENCH_THREADS": "1"}
+    workers = [Worker(ECHO, {"tag": t}, proc_env, tmp_path / t, t) for t in ("a", "b")]
+    try:
+        assert [w.info["tag"] for w in workers] == ["a", "b"]
+        assert len({os.getpid(), *(w.info["pid"] for w in workers)}) == 3
+        calls = {w.label: (lambda w=w: w.measure(batch=4)) for w in workers}
+        out = interleave(calls, rounds=2)
+        for w in workers:
+            # Same process every call; the harness set its threads before any import.
+            expected = {"call": {"batch": 4}, "pid": w.info["pid"], "threads": "1"}
+            assert out[w.label] == [expected, expected]
+    finally:
+        for w in workers:
+            w.close()
+    assert all(w.proc.returncode == 0 for w in workers)
+    assert run_once(ECHO, {"tag": "c"}, proc_env, tmp_path / "c")["call"] == {}
+    with pytest.raises(RuntimeError, match="factory failed on purpose"):
+        Worker(ECHO, {"tag": "d", "fail": True}, proc_env, tmp_path / "d", "d")
 
 
-def test_overhead_breakdown(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    kinds = {(o["kind"], o["batch"]) for o in r["overhead"]}
-    assert {("sdar", 1), ("sdar", 8), ("ar", 1), ("ar", 8)} <= kinds
-    for o in r["overhead"]:
-        assert o["steps"] > 0
-        # Shares are rounded to 4 decimals each: allow their rounding error.
-        assert 0.9 < sum(o["shares"].values()) <= 1.0 + 1e-4 * len(o["shares"]), o
-        assert o["shares"]["model_forward"] > 0
-        assert o["biggest_non_forward_cost"] in o["shares"]
-
-
-def test_serving_sweep(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    rates = r["serving"]["rates"]
-    assert len(rates) == len(r["suite"]["serving"]["rates"])
-    for row in rates:
-        assert row["completed"] == r["serving"]["num_prompts"]
-        assert _finite_positive(row["output_throughput"])
-        assert _finite_positive(row["mean_ttft_ms"]) and _finite_positive(row["mean_itl_ms"])
-        assert row["sdar_committed_tokens"] == row["total_output_tokens"]
-        assert row["tpf"] >= 1.0
-
-
-def test_tpf_vs_threshold(results: tuple[Path, dict[str, Any]]) -> None:
-    _, r = results
-    tpf = r["tpf_vs_threshold"]
-    synthetic = sorted(tpf["synthetic"], key=lambda s: s["threshold"])
-    assert synthetic and all(s["tpf"] >= 1.0 for s in synthetic)
-    # A lower threshold never unmasks fewer slots per step.
-    assert synthetic[0]["tpf"] >= synthetic[-1]["tpf"]
-    # The shipped trained model: its confidences are real, so dynamic
-    # decoding commits several tokens per forward; static (one slot per
-    # step, and the slots after EOS still decoded) stays below one.
-    addition = tpf["addition"]
-    assert "skipped" not in addition, addition
-    for row in addition["rows"]:
-        assert row["accuracy"] >= 0.8, row
-        if row["strategy"] == "low_confidence_dynamic":
-            assert row["tpf"] > 1.5, row
-        else:
-            assert 0 < row["tpf"] <= 1.0, row
-
-
-def test_figures_and_table(results: tuple[Path, dict[str, Any]]) -> None:
-    out, r = results
-    names = r["figures"]
-    assert any("throughput" in n for n in names)
-    assert any("tpf-threshold" in n for n in names)
-    assert any("overhead" in n for n in names)
-    for name in names:
-        data = (out / name).read_bytes()
-        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
-    table = (out / r["table"]).read_text()
-    for heading in ("Offline throughput", "Engine overhead", "Serving", "Tokens per forward"):
-        assert heading in table
-
-    from benchmarks.table import render
-
-    assert render(r) == table
-
-
+@pytest.mark.engine
 def test_trained_pairs_quick(tmp_path: Path) -> None:
     """`python -m benchmarks.trained --quick`: the shipped addition pair
     through vLLM (SDAR under the plugin, its AR parent under stock vLLM, as
-    verified by benchmarks.engine.verify), every method at every batch."""
+    verified by benchmarks.harness.engines.verify), every method at every batch."""
+    pytest.importorskip("matplotlib", reason="benchmark figures need matplotlib (test extra)")
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.trained", "--quick", "--out", str(tmp_path)],
         cwd=REPO,
@@ -168,6 +110,7 @@ def test_trained_pairs_quick(tmp_path: Path) -> None:
     assert engines["ar"]["scheduler"] == "vllm.v1.core.sched.scheduler.Scheduler"
     assert engines["ar"]["architecture"] == "Qwen3ForCausalLM"
     assert "Sdar" in engines["sdar"]["scheduler"] and engines["sdar"]["block_size"] == 4
+    assert r["threads"] == 1 and r["environment"]["cores"] >= 1
     plan = r["plan"]
     have = {(c["method"], c["batch"]) for c in r["cells"]}
     methods = {"ar", "sdar-b4-static", *(f"sdar-b4-dyn{t:g}" for t in plan["thresholds"])}
@@ -181,4 +124,15 @@ def test_trained_pairs_quick(tmp_path: Path) -> None:
             assert c["tpf"] > 1.0, c  # real confidences: several tokens per forward
     assert len(r["comparison"]) == len(r["cells"]) - len(plan["batches"])
     assert all(_finite_positive(row["vs_ar"]) for row in r["comparison"])
-    assert (tmp_path / r["figure"]).exists() and path.with_suffix(".md").exists()
+    figure = tmp_path / r["figure"]
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    table = path.with_suffix(".md").read_text()
+    assert "| ar | 1 |" in table and "Issue targets" in table
+    # --render re-draws the same tables from the JSON alone.
+    figure.unlink()
+    rendered = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trained", "--render", str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert path.with_suffix(".md").read_text() == table and figure.exists()

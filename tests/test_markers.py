@@ -10,7 +10,7 @@ TESTS = Path(__file__).resolve().parent
 # Ways a test starts an engine: the shared LLM helper, vLLM's LLM, a server
 # (in-process helper or the CLI), a script/benchmark run in a subprocess.
 STARTS_ENGINE = re.compile(
-    r"\bsdar_llm\(|\bLLM\(|\bserve\(|\bcli\(\)|benchmarks\.run|python -m vllm"
+    r"\bsdar_llm\(|\bLLM\(|\bserve\(|\bcli\(\)|python -m benchmarks|python -m vllm"
 )
 MARKED = re.compile(r"^pytestmark = pytest\.mark\.engine$|^@pytest\.mark\.engine$", re.M)
 

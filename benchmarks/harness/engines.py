@@ -1,13 +1,16 @@
-"""Starting engines and timing one batch through `LLM.generate`.
+"""Starting, verifying and timing vLLM engines.
 
 Two engines over the same weights:
 - "sdar": the plugin (SDAR architecture in config.json; block size per
   deployment via hf_overrides);
-- "ar": stock vLLM decoding the same weights autoregressively
-  (hf_overrides architectures -> Qwen3ForCausalLM / Qwen3MoeForCausalLM).
-  The plugin's config hook fires for SDAR architectures only, and
-  `verify()` checks that this engine really runs vLLM's own scheduler and
-  runner, so the baseline is not accidentally the plugin.
+- "ar": stock vLLM decoding the same weights autoregressively (hf_overrides
+  architectures -> Qwen3ForCausalLM / Qwen3MoeForCausalLM). The plugin's
+  config hook fires for SDAR architectures only, and `verify()` checks that
+  this engine really runs vLLM's own scheduler and runner, so the baseline
+  is not accidentally the plugin.
+
+Engines run in-process (`env.configure`), so their scheduler and runner
+can be reached and instrumented.
 """
 
 from __future__ import annotations
@@ -25,12 +28,10 @@ PROMPT_SEED = 1234
 @dataclass(frozen=True)
 class EngineSpec:
     kind: str  # "sdar" | "ar"
-    block_size: int | None = None  # SDAR only
+    block_size: int | None = None  # SDAR only; None = the checkpoint's
     max_model_len: int = 1024
     max_num_seqs: int = 128
-    # Big enough that a whole batch-128 SDAR B=16 step (commit + block =
-    # 32 tokens per request) or AR prefill runs in one engine step; equal
-    # for both engines so neither is throttled by the token budget.
+    # Equal for both engines so neither is throttled by the token budget.
     max_num_batched_tokens: int = 8192
     dtype: str = "float32"
 
@@ -62,6 +63,18 @@ def start(model_dir: Path, spec: EngineSpec, ar_architecture: str) -> Any:
     return LLM(**kwargs)
 
 
+def start_verified(model_dir: Path, spec: EngineSpec, ar_architecture: str) -> tuple[Any, dict]:
+    """Start an engine and check it is the one meant; (engine, its classes + startup_s)."""
+    began = time.perf_counter()
+    llm = start(model_dir, spec, ar_architecture)
+    try:
+        info = verify(llm, spec)
+    except Exception:
+        shutdown(llm)
+        raise
+    return llm, info | {"startup_s": round(time.perf_counter() - began, 1)}
+
+
 def shutdown(llm: Any) -> None:
     """Free the engine so the next one in this process starts clean (as the tests do)."""
     llm.llm_engine.engine_core.shutdown()
@@ -77,10 +90,6 @@ def engine_core(llm: Any) -> Any:
     return llm.llm_engine.engine_core.engine_core
 
 
-def scheduler_of(llm: Any) -> Any:
-    return engine_core(llm).scheduler
-
-
 def runner_of(llm: Any) -> Any:
     # UniProcExecutor.driver_worker is a WorkerWrapperBase; .worker is the
     # CPUWorker (or SdarCPUWorker), whose model_runner runs the forward.
@@ -93,7 +102,7 @@ def verify(llm: Any, spec: EngineSpec) -> dict[str, Any]:
 
     from vllm_sdar.engine.scheduler import SdarScheduler
 
-    scheduler, runner = scheduler_of(llm), runner_of(llm)
+    scheduler, runner = engine_core(llm).scheduler, runner_of(llm)
     hf_config = llm.llm_engine.model_config.hf_config
     is_sdar = isinstance(scheduler, SdarScheduler)
     if spec.kind == "ar" and (is_sdar or "Sdar" in type(runner).__name__):
@@ -103,7 +112,7 @@ def verify(llm: Any, spec: EngineSpec) -> dict[str, Any]:
     if spec.kind == "sdar":
         if not is_sdar:
             raise RuntimeError(f"SDAR engine scheduler is {type(scheduler)}")
-        if scheduler.sdar.block_size != spec.block_size:
+        if spec.block_size is not None and scheduler.sdar.block_size != spec.block_size:
             raise RuntimeError(
                 f"SDAR block size {scheduler.sdar.block_size}, expected {spec.block_size}"
             )
@@ -116,13 +125,13 @@ def verify(llm: Any, spec: EngineSpec) -> dict[str, Any]:
 
 
 def prompts(n: int, length: int, seed: int = PROMPT_SEED) -> list[list[int]]:
-    """n random-token prompts; prompts(k) is a prefix of prompts(n) for k < n,
-    so the reference decoder's subset sees the engine's first prompts."""
+    """n random-token prompts; prompts(k) is a prefix of prompts(n) for k < n."""
     rng = random.Random(seed * 1_000_003 + length)
     return [[rng.randrange(100, 150000) for _ in range(length)] for _ in range(n)]
 
 
 def sampling_params(max_tokens: int, sdar_options: dict[str, Any] | None, **kwargs: Any) -> Any:
+    """Greedy, fixed-length by default; SDAR options travel in extra_args."""
     from vllm import SamplingParams
 
     kwargs.setdefault("temperature", 0.0)
@@ -149,34 +158,30 @@ def timed_generate(llm: Any, batch: list[Any], params: Any) -> BatchRun:
     """
     engine = llm.llm_engine
     original = engine.step
-    shadowed = "step" in vars(engine)  # already wrapped (benchmarks.overhead)
     finished: dict[str, float] = {}
-    start = time.perf_counter()
+    start_t = time.perf_counter()
 
     def step() -> Any:
         outputs = original()
         now = time.perf_counter()
         for out in outputs:
             if getattr(out, "finished", False):
-                finished.setdefault(out.request_id, now - start)
+                finished.setdefault(out.request_id, now - start_t)
         return outputs
 
-    engine.step = step
+    engine.step = step  # an instance attribute shadows the class method
     try:
         inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in batch]
         outs = llm.generate(inputs, params, use_tqdm=False)
     finally:
-        if shadowed:
-            engine.step = original
-        else:
-            del engine.step  # back to the class method
-    wall = time.perf_counter() - start
+        del engine.step  # back to the class method
+    wall = time.perf_counter() - start_t
     completions = [o.outputs[0] for o in outs]
     metrics = [c.spec_decode_metrics for c in completions]
     forwards = None
     if all(m is not None for m in metrics):
-        # Per-request SDAR counts (see vllm_sdar.engine.scheduler): one histogram
-        # entry per denoising forward.
+        # Per-request SDAR counts (see vllm_sdar.engine.scheduler): one
+        # histogram entry per denoising forward.
         forwards = [int(sum(m.histogram)) for m in metrics]
     return BatchRun(
         wall_s=wall,
