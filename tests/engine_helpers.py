@@ -41,6 +41,21 @@ def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
         cleanup_dist_env_and_memory()
 
 
+@contextmanager
+def tight_kv_llm(model: Path | str) -> Iterator[LLM]:
+    """An engine whose KV cache (6 pages) cannot hold a batch of long
+    requests, with a 64-token step budget: preemption, recompute and
+    block-aligned chunked prefill all happen."""
+    with sdar_llm(
+        model,
+        num_gpu_blocks_override=6,
+        max_num_batched_tokens=64,
+        max_model_len=384,
+        enable_prefix_caching=False,
+    ) as llm:
+        yield llm
+
+
 def prompt_of(length: int, salt: int = 0) -> list[int]:
     """A deterministic prompt of random (non-special) token ids."""
     rng = random.Random(length * 1000 + salt)

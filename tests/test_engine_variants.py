@@ -22,6 +22,7 @@ from .engine_helpers import (
     prompt_of,
     scheduler_of,
     sdar_llm,
+    tight_kv_llm,
 )
 
 pytestmark = pytest.mark.engine
@@ -113,13 +114,7 @@ def test_preemption_and_chunked_prefill(tiny_dense: Path) -> None:
         params(max_tokens=rng.randrange(40, 90), confidence_threshold=0.25, ignore_eos=True)
         for _ in prompts
     ]
-    with sdar_llm(
-        tiny_dense,
-        num_gpu_blocks_override=6,
-        max_num_batched_tokens=64,
-        max_model_len=384,
-        enable_prefix_caching=False,
-    ) as llm:
+    with tight_kv_llm(tiny_dense) as llm:
         scheduler = scheduler_of(llm)
         preempted: list[str] = []
         original = scheduler._preempt_request

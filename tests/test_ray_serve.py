@@ -153,15 +153,21 @@ def test_chat_equals_offline(client: openai.OpenAI, offline: dict[str, Any]) -> 
     assert streamed == offline["chat"]
 
 
-def test_stream_is_one_chunk_per_final_block(client: openai.OpenAI) -> None:
+def test_stream_granularity(client: openai.OpenAI) -> None:
     prompt = prompt_of(6)  # 6 = 4 + 2: the first block holds 2 prompt-tail slots
     body = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
-    whole = complete(client, prompt, **body).choices[0]
-    chunks = [c.choices[0] for c in complete(client, prompt, stream=True, **body)]
-    token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
-    assert sum(token_chunks, []) == list(whole.token_ids)
-    # Block boundaries after the tail: 2 generated slots, then 4, 4, 2 (max_tokens).
-    assert [len(t) for t in token_chunks] == [2, 4, 4, 2]
+    body["remasking_strategy"] = "sequential"
+    whole = list(complete(client, prompt, **body).choices[0].token_ids)
+    for granularity, sizes in [("block", [2, 4, 4, 2]), ("prefix", [1] * 12)]:
+        chunks = [
+            c.choices[0]
+            for c in complete(client, prompt, stream=True, stream_granularity=granularity, **body)
+        ]
+        token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
+        assert sum(token_chunks, []) == whole
+        # block: one chunk per final block (2 generated slots after the tail,
+        # then 4, 4, 2 at max_tokens); prefix under sequential: one per step.
+        assert [len(t) for t in token_chunks] == sizes
 
 
 @pytest.mark.parametrize(

@@ -132,11 +132,32 @@ def test_seeded_sampling_matches_reference(client: openai.OpenAI, ref: Reference
     assert list(out.token_ids) == reference(ref, prompt, body)
 
 
-def test_stream_is_one_chunk_per_final_block(client: openai.OpenAI) -> None:
+def _stream_chunks(client: openai.OpenAI, prompt: list[int], **body: Any) -> list[Any]:
+    return [c.choices[0] for c in complete(client, prompt, stream=True, **body)]
+
+
+def test_stream_sends_each_token_once_final(client: openai.OpenAI, ref: ReferenceDecoder) -> None:
     prompt = prompt_ids(6)  # 6 = 4 + 2: the first block holds 2 prompt-tail slots
     body = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    for strategy in ("sequential", "low_confidence_dynamic"):
+        body["remasking_strategy"] = strategy
+        whole = complete(client, prompt, **body).choices[0]
+        chunks = _stream_chunks(client, prompt, **body)
+        token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
+        assert "".join(c.text for c in chunks) == whole.text
+        assert sum(token_chunks, []) == list(whole.token_ids) == reference(ref, prompt, body)
+    # Sequential decides one slot per step, left to right: each token is sent
+    # on the step that decided it, not with its block.
+    body["remasking_strategy"] = "sequential"
+    chunks = _stream_chunks(client, prompt, **body)
+    assert [len(c.token_ids) for c in chunks if c.token_ids] == [1] * 12
+
+
+def test_block_streaming_is_one_chunk_per_final_block(client: openai.OpenAI) -> None:
+    prompt = prompt_ids(6)
+    body = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
     whole = complete(client, prompt, **body).choices[0]
-    chunks = [c.choices[0] for c in complete(client, prompt, stream=True, **body)]
+    chunks = _stream_chunks(client, prompt, stream_granularity="block", **body)
     token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
     assert "".join(c.text for c in chunks) == whole.text
     assert sum(token_chunks, []) == list(whole.token_ids)

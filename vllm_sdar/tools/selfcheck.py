@@ -4,7 +4,10 @@ Builds tiny random-weight SDAR checkpoints (dense and MoE), serves them with
 `LLM(...)` at block sizes 4 and 8 (and tensor parallel 2 when two or more
 GPUs are present), decodes a mixed batch with every remasking strategy
 (greedy, plus one seeded sampled request each) and compares every output
-token, finish reason and denoising-forward count with the reference decoder.
+token, finish reason and denoising-forward count with the reference decoder
+(which ends a request as soon as its block's decided prefix holds a stop or
+max_tokens, as the engine does), then streams the same batch step by step
+and checks that the chunks add up to the same tokens.
 Prints a PASS/FAIL table and the vLLM version, platform and attention
 backend it ran on; exits non-zero on any FAIL. This is what a GPU user runs
 first: `vllm-sdar selfcheck` or `python -m vllm_sdar.tools.selfcheck`.
@@ -67,6 +70,7 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
     from vllm_sdar.algorithm.config import SdarOptions
     from vllm_sdar.algorithm.decoding import Sampling
     from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+    from vllm_sdar.tools.stream_steps import stream_steps
 
     ref = ReferenceDecoder(model, block_size=block)
     llm = LLM(
@@ -97,8 +101,9 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
                 for i in range(len(prompts))
             ]
             outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+            streams = stream_steps(llm, prompts, params)
             failures = []
-            for prompt, p, out in zip(prompts, params, outs, strict=True):
+            for prompt, p, out, stream in zip(prompts, params, outs, streams, strict=True):
                 got = out.outputs[0]
                 want = ref.generate_one(
                     prompt,
@@ -119,6 +124,11 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
                         f"prompt len {len(prompt)}: vLLM {list(got.token_ids)} "
                         f"({forwards} forwards) != reference {want.token_ids} "
                         f"({want.num_denoise_forwards})"
+                    )
+                if stream.token_ids != list(got.token_ids):
+                    failures.append(
+                        f"prompt len {len(prompt)}: streamed {stream.chunks} != "
+                        f"{list(got.token_ids)}"
                     )
             rows.append(Row(arch, block, tp, strategy, len(prompts), failures))
             print(f"  {arch} B={block} TP={tp} {strategy}: {'PASS' if not failures else 'FAIL'}",
