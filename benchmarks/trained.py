@@ -84,6 +84,7 @@ class Plan:
     repeats: int = 3  # passes per cell; the median pass is reported
     block_size: int = 4
     warmup_problems: int = 4
+    compiled: bool = False  # torch.compile on for both engines (--compile)
 
     def methods(self) -> list[Method]:
         b = self.block_size
@@ -229,7 +230,9 @@ def run_pair(task: str, plan: Plan) -> dict[str, Any]:
         "cells": [],
     }
     for kind, model_dir, block in (("sdar", sdar_dir, plan.block_size), ("ar", ar_dir, None)):
-        spec = EngineSpec(kind, block, MAX_MODEL_LEN, max_num_seqs=max(plan.batches))
+        spec = EngineSpec(
+            kind, block, MAX_MODEL_LEN, max_num_seqs=max(plan.batches), compiled=plan.compiled
+        )
         llm, out["engines"][kind] = start_verified(model_dir, spec, AR_ARCHITECTURE)
         try:
             out["cells"] += _engine_cells(llm, kind, task, plan, texts, max_tokens)
@@ -306,6 +309,7 @@ def write(results: dict[str, Any], out: Path, name: str) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     cli = parser(__doc__, quick="smoke mode: a few problems")
     cli.add_argument("--pairs", default=None, help="comma-separated tasks (default: the plan's)")
+    cli.add_argument("--compile", action="store_true", help="torch.compile on (vLLM's default)")
     cli.add_argument(
         "--render", type=Path, default=None, help="only re-render the .md/.png of this results JSON"
     )
@@ -320,9 +324,13 @@ def main(argv: list[str] | None = None) -> Path:
     plan = QUICK if args.quick else FULL
     if args.pairs:
         plan = Plan(**(asdict(plan) | {"pairs": tuple(args.pairs.split(","))}))
+    if args.compile:
+        plan = Plan(**(asdict(plan) | {"compiled": True}))
     command = "python -m benchmarks.trained" + (" --quick" if args.quick else "")
     if args.pairs:
         command += f" --pairs {args.pairs}"
+    if args.compile:
+        command += " --compile"
     results: dict[str, Any] = {
         "schema_version": 1,
         "date": dt.date.today().isoformat(),
@@ -352,7 +360,8 @@ def main(argv: list[str] | None = None) -> Path:
     results["targets"] = targets(results["comparison"])
     results["wall_s"] = round(time.perf_counter() - began, 1)
     results["loadavg_end"] = env.loadavg()
-    return write(results, args.out, stem("trained", args.quick))
+    study = "trained-compiled" if plan.compiled else "trained"
+    return write(results, args.out, stem(study, args.quick))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ class EngineSpec:
     # Equal for both engines so neither is throttled by the token budget.
     max_num_batched_tokens: int = 8192
     dtype: str = "float32"
+    # vLLM's default is to compile (on CPU: a Dynamo trace compiled by
+    # Inductor); eager starts in seconds and is what the tests run.
+    compiled: bool = False
 
     @property
     def label(self) -> str:
@@ -46,7 +49,7 @@ def start(model_dir: Path, spec: EngineSpec, ar_architecture: str) -> Any:
     kwargs: dict[str, Any] = dict(
         model=str(model_dir),
         dtype=spec.dtype,
-        enforce_eager=True,
+        enforce_eager=not spec.compiled,
         gpu_memory_utilization=0.5,
         max_model_len=spec.max_model_len,
         max_num_seqs=spec.max_num_seqs,
