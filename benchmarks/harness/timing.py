@@ -53,7 +53,9 @@ def timed_ms(fn: Callable[[], Any]) -> Callable[[], float]:
 
 def summary(ms: Sequence[float]) -> dict[str, float]:
     """Median and p10/p90 of per-round times (ms)."""
-    q = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9
+    # "inclusive": within the observed range; the default ("exclusive")
+    # extrapolates past it on a few rounds, even below zero.
+    q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p10_ms": q[0], "p90_ms": q[-1], "n": len(ms)}
 
 
