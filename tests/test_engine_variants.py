@@ -77,7 +77,9 @@ def test_block_step_cap_ends_the_request(tiny_dense: Path) -> None:
     fast = params(max_tokens=8, ignore_eos=True, denoising_steps=2)
     with sdar_llm(tiny_dense, hf_overrides={"max_block_steps": 2}) as llm:
         capped, ok = assert_matches_reference(llm, ref, [prompt, prompt], [slow, fast])
-        assert capped.finish_reason == "error" and len(capped.token_ids) == 1
+        # The first block's one slot, then what the capped block had decided
+        # at its left after 2 of its 4 steps (final, so already sent).
+        assert capped.finish_reason == "error" and 1 <= len(capped.token_ids) <= 3
         assert "sdar_block_not_converged" in str(capped.stop_reason)
         assert ok.finish_reason == "length" and len(ok.token_ids) == 8
         scheduler = scheduler_of(llm)
