@@ -167,7 +167,11 @@ def test_stream_granularity(client: openai.OpenAI) -> None:
         assert sum(token_chunks, []) == whole
         # block: one chunk per final block (2 generated slots after the tail,
         # then 4, 4, 2 at max_tokens); prefix under sequential: one per step.
-        assert [len(t) for t in token_chunks] == sizes
+        # vLLM's front end merges deltas a client has not read yet, so on a
+        # loaded machine chunks may merge, never split.
+        ends = [sum(len(t) for t in token_chunks[: i + 1]) for i in range(len(token_chunks))]
+        allowed = {sum(sizes[: i + 1]) for i in range(len(sizes))}
+        assert set(ends) <= allowed
 
 
 @pytest.mark.parametrize(

@@ -146,11 +146,19 @@ def test_stream_sends_each_token_once_final(client: openai.OpenAI, ref: Referenc
         token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
         assert "".join(c.text for c in chunks) == whole.text
         assert sum(token_chunks, []) == list(whole.token_ids) == reference(ref, prompt, body)
-    # Sequential decides one slot per step, left to right: each token is sent
-    # on the step that decided it, not with its block.
-    body["remasking_strategy"] = "sequential"
-    chunks = _stream_chunks(client, prompt, **body)
-    assert [len(c.token_ids) for c in chunks if c.token_ids] == [1] * 12
+    # Chunk sizes are not asserted here: vLLM's front end merges the deltas
+    # a client has not read yet, so a loaded machine sends fewer, larger
+    # chunks. That each token leaves the engine on the step that decided it
+    # is asserted step by step in tests/test_streaming.py.
+
+
+def _boundaries(chunks: list[Any]) -> set[int]:
+    """Token counts sent after each chunk."""
+    ends, total = set(), 0
+    for c in chunks:
+        total += len(c.token_ids or [])
+        ends.add(total)
+    return ends
 
 
 def test_block_streaming_is_one_chunk_per_final_block(client: openai.OpenAI) -> None:
@@ -161,8 +169,9 @@ def test_block_streaming_is_one_chunk_per_final_block(client: openai.OpenAI) -> 
     token_chunks = [list(c.token_ids) for c in chunks if c.token_ids]
     assert "".join(c.text for c in chunks) == whole.text
     assert sum(token_chunks, []) == list(whole.token_ids)
-    # Block boundaries after the tail: 2 generated slots, then 4, 4, 2 (max_tokens).
-    assert [len(t) for t in token_chunks] == [2, 4, 4, 2]
+    # Block boundaries after the tail: 2 generated slots, then 4, 4, 2
+    # (max_tokens). A slow client may get blocks merged, never split.
+    assert _boundaries(chunks) <= {0, 2, 6, 10, 12}
 
 
 def test_chat_stream_equals_non_stream(client: openai.OpenAI) -> None:
