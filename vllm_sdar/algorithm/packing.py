@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from vllm_sdar.algorithm.grammar_rule import without_stop_ids
 from vllm_sdar.algorithm.logit_rules import BlockRows, LogitRules
 from vllm_sdar.algorithm.noise import StepNoise
 from vllm_sdar.algorithm.rules import OutputRules, RuleContext
@@ -28,6 +30,9 @@ class BlockStep:
     tokens: the block's open slots (MASK where undecided), as `denoise_step`.
     noise: the seeded noise key of a sampled request (None: drawn from the
     step's generator). first_output_pos: index of tokens[0] in the output.
+    grammar_mask: a structured request's bitmask (int32 words, 32 ids each)
+    for its first masked slot, which is then drawn under it and always
+    unmasked (`grammar_rule`); None: unconstrained.
     """
 
     tokens: Sequence[int]
@@ -39,6 +44,7 @@ class BlockStep:
     first_output_pos: int = 0
     context: RuleContext | None = None
     num_logprobs: int | None = None
+    grammar_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -76,6 +82,13 @@ class StepPack:
     max_logprobs: int = 0  # widest logprobs row minus the chosen column
     rule_blocks: list[BlockRows] | None = None
     lp_first: list[int] = field(default_factory=list)  # per block: first logprob row
+    # Structured requests: the rows drawn under a grammar bitmask (each
+    # block's first masked slot) and their bitmasks [G, W] int32; empty
+    # when no block of the step is constrained (nothing runs then).
+    grammar_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    grammar_words: torch.Tensor = field(
+        default_factory=lambda: torch.zeros((0, 0), dtype=torch.int32)
+    )
 
 
 def pack_step(
@@ -101,6 +114,8 @@ def pack_step(
     lp_width: list[int] = []
     first_row: list[int] = []
     lp_first: list[int] = []
+    grammar_rows: list[int] = []
+    grammar_words: list[np.ndarray] = []
     strategies: set[int] = set()
     any_greedy = any_sampled = any_seeded = any_unseeded = False
     any_top_p = any_min_p = any_rules = False
@@ -144,7 +159,14 @@ def pack_step(
             key = b.noise.slot_key(slot) if seeded else 0
             row_float.append((s.temperature if not greedy else 1.0, top_p, min_p))
             row_int.append((request * width + j, top_k, key, int(seeded), int(greedy)))
-            if b.first_output_pos + slot < (out.min_tokens if out is not None else 0):
+            early = b.first_output_pos + slot < (out.min_tokens if out is not None else 0)
+            if j == 0 and b.grammar_mask is not None:
+                # min_tokens goes into the grammar's mask (the grammar wins
+                # where only a stop id is valid: grammar_rule.without_stop_ids).
+                grammar_rows.append(row)
+                words = np.asarray(b.grammar_mask, dtype=np.int32)
+                grammar_words.append(without_stop_ids(words, early_stops) if early else words)
+            elif early:
                 forbid.extend((row, stop) for stop in early_stops)
             if nlp is not None:
                 lp_rows.append(row)
@@ -188,6 +210,10 @@ def pack_step(
         max_logprobs=max_logprobs,
         rule_blocks=rule_blocks,
         lp_first=lp_first,
+        grammar_rows=torch.tensor(grammar_rows, dtype=torch.long),
+        grammar_words=torch.from_numpy(np.stack(grammar_words))
+        if grammar_words
+        else torch.zeros((0, 0), dtype=torch.int32),
     )
 
 

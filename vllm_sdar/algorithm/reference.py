@@ -8,14 +8,20 @@ beyond the release code: a request ends as soon as the decided prefix of
 its open block holds a stop token or reaches max_tokens (the early finish,
 which the engine applies too), instead of finishing that block first; the
 tokens are the same, only forwards are saved.
+
+Structured outputs (`Request.structured`) follow `grammar_rule`'s
+left-to-right rule with an xgrammar GrammarMatcher compiled the way vLLM's
+xgrammar backend compiles it (same tokenizer info, options and stop ids).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, DynamicCache, GenerationConfig
@@ -38,8 +44,38 @@ from vllm_sdar.algorithm.decoding import (
     step_noise,
     truncate_at_stop,
 )
+from vllm_sdar.algorithm.grammar_rule import accept_left_to_right
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
 from vllm_sdar.algorithm.logit_rules import LogitRules
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A structured-output constraint, in the fields of vLLM's
+    StructuredOutputsParams (exactly one set). any_whitespace: the negation
+    of the deployment's `structured_outputs_config.disable_any_whitespace`."""
+
+    json: str | None = None  # a JSON schema, as text
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None  # EBNF (GBNF) or Lark
+    structural_tag: str | None = None  # xgrammar's structural tag, as JSON text
+    any_whitespace: bool = True
+
+    @classmethod
+    def from_params(cls, params: Any, any_whitespace: bool = True) -> GrammarSpec:
+        """From a vLLM StructuredOutputsParams (or anything with its fields)."""
+        schema = params.json
+        return cls(
+            json=schema if schema is None or isinstance(schema, str) else json.dumps(schema),
+            json_object=bool(params.json_object),
+            regex=params.regex,
+            choice=tuple(params.choice) if params.choice is not None else None,
+            grammar=params.grammar,
+            structural_tag=params.structural_tag,
+            any_whitespace=any_whitespace,
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +90,7 @@ class Request:
     min_tokens: int = 0
     rules: LogitRules = field(default_factory=LogitRules)
     num_logprobs: int | None = None  # vLLM's `logprobs`
+    structured: GrammarSpec | None = None  # vLLM's `structured_outputs`
 
 
 # One output token's logprobs: (token ids, values, rank of the chosen token),
@@ -97,6 +134,59 @@ class ReferenceDecoder:
         self.model: SDARForCausalLM = model_cls.from_pretrained(model_dir, dtype=dtype)
         self.model.to(device).eval()
         self.device = device
+        self._grammar_compiler: Any = None
+
+    def grammar_matcher(self, spec: GrammarSpec, stop_ids: Iterable[int]) -> Any:
+        """An xgrammar GrammarMatcher for `spec`, built as vLLM's xgrammar
+        backend builds it (vllm/v1/structured_output/backend_xgrammar.py):
+        the tokenizer's TokenizerInfo over the model's vocabulary, the same
+        compile call per kind, and the request's stop ids (every EOS id and
+        stop_token_ids: vLLM's all_stop_token_ids) as the grammar's end."""
+        import xgrammar as xgr
+        from vllm.v1.structured_output.utils import choice_as_grammar, grammar_is_likely_lark
+
+        if self._grammar_compiler is None:
+            info = xgr.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=self.config.vocab_size
+            )
+            self._grammar_compiler = xgr.GrammarCompiler(info, max_threads=8, cache_enabled=True)
+        compiler = self._grammar_compiler
+        separators = None if spec.any_whitespace else (",", ":")
+        if spec.json is not None or spec.json_object:
+            schema = spec.json if spec.json is not None else '{"type": "object"}'
+            ctx = compiler.compile_json_schema(
+                schema, any_whitespace=spec.any_whitespace, separators=separators
+            )
+        elif spec.regex is not None:
+            ctx = compiler.compile_regex(spec.regex)
+        elif spec.choice is not None:
+            ctx = compiler.compile_grammar(choice_as_grammar(list(spec.choice)))
+        elif spec.grammar is not None:
+            is_lark = grammar_is_likely_lark(spec.grammar)
+            compile_text = compiler.compile_lark if is_lark else compiler.compile_grammar
+            ctx = compile_text(spec.grammar)
+        elif spec.structural_tag is not None:
+            tag = json.loads(spec.structural_tag)
+            if "structures" in tag:  # the legacy form, as vLLM reads it
+                items = [
+                    xgr.StructuralTagItem(
+                        begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"]
+                    )
+                    for s in tag["structures"]
+                ]
+                ctx = compiler.compile_structural_tag(items, tag["triggers"])
+            else:
+                ctx = compiler.compile_structural_tag(spec.structural_tag)
+        else:
+            raise ValueError("GrammarSpec sets no constraint")
+        return xgr.GrammarMatcher(ctx, override_stop_tokens=sorted(stop_ids) or None)
+
+    def _grammar_bitmask(self, matcher: Any) -> Any:
+        import xgrammar as xgr
+
+        bitmask = xgr.allocate_token_bitmask(1, self.config.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask, 0)
+        return bitmask[0].numpy().copy()
 
     def _forward(self, tokens: Sequence[int], start: int, cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
@@ -115,6 +205,11 @@ class ReferenceDecoder:
         rules = OutputRules(request.min_tokens, tuple(sorted(stops | self.eos_ids)))
         if not request.ignore_eos:
             stops |= self.eos_ids
+        matcher = (
+            self.grammar_matcher(request.structured, rules.stop_ids)
+            if request.structured is not None
+            else None
+        )
 
         cache = DynamicCache()
         forwards = denoise_forwards = 0
@@ -144,6 +239,10 @@ class ReferenceDecoder:
                 open_slots = block[tail:]
                 masked = (open_slots == self.mask_id).to(logits.device)
                 context = RuleContext(request.rules, list(generated), list(prompt))
+                # A grammar constrains until it has ended (then, under
+                # ignore_eos or below min_tokens, the rest is free, as in vLLM).
+                constrained = matcher is not None and not matcher.is_terminated()
+                before = open_slots.tolist()
                 block[tail:], step_logprobs = denoise_step_full(
                     open_slots,
                     logits[tail:][masked],
@@ -157,7 +256,18 @@ class ReferenceDecoder:
                     context=context,
                     num_logprobs=request.num_logprobs,
                     logprobs_mode=self.logprobs_mode,
+                    grammar_mask=self._grammar_bitmask(matcher) if constrained else None,
                 )
+                if constrained:
+                    kept, accepted = accept_left_to_right(
+                        before,
+                        block[tail:].tolist(),
+                        self.mask_id,
+                        lambda run: _longest_valid(matcher, run),
+                    )
+                    block[tail:] = torch.tensor(kept)
+                    for token in accepted:  # final tokens only advance the grammar
+                        matcher.accept_token(token)
                 if step_logprobs is not None:
                     for r, slot in enumerate(step_logprobs.slots):
                         block_logprobs[slot] = (
@@ -191,6 +301,21 @@ class ReferenceDecoder:
         prompts = list(prompts)
         requests = [request] * len(prompts) if isinstance(request, Request) else list(request)
         return [self.generate_one(p, r) for p, r in zip(prompts, requests, strict=True)]
+
+
+def _longest_valid(matcher: Any, run: list[int]) -> int:
+    """Leading tokens of `run` the matcher accepts, up to one that ends the
+    grammar; the matcher is left as it was (vLLM's validate_tokens)."""
+    n = 0
+    for token in run:
+        if not matcher.accept_token(token):
+            break
+        n += 1
+        if matcher.is_terminated():
+            break
+    if n:
+        matcher.rollback(n)
+    return n
 
 
 def _eos_ids(model_dir: str | Path, config: AutoConfig) -> set[int]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vllm_sdar.algorithm.grammar_rule import force_rows, mask_rows
 from vllm_sdar.algorithm.logit_rules import apply_logit_rules
 from vllm_sdar.algorithm.logprobs import SlotLogprobs, gather_logprobs
 from vllm_sdar.algorithm.noise import StepNoise
@@ -146,6 +147,13 @@ def denoise_batch(
     if pack.forbid.shape[1]:
         forbid = pack.forbid.to(device, non_blocking=True)
         work.index_put_((forbid[0], forbid[1]), torch.tensor(float("-inf"), device=device))
+    grammar_rows = None
+    if pack.grammar_rows.shape[0]:
+        # Structured requests: each one's first masked slot is drawn under its
+        # grammar's bitmask, before the transforms as in vLLM's runner.
+        grammar_rows = pack.grammar_rows.to(device, non_blocking=True)
+        words = pack.grammar_words.to(device, non_blocking=True)
+        mask_rows(work, grammar_rows, words, per_row=cpu_path)
     if pack.rule_blocks is not None:
         # `work` is this step's own tensor (a copy, or the runner's logits).
         work = apply_logit_rules(work, pack.rule_blocks, inplace=True)
@@ -179,6 +187,9 @@ def denoise_batch(
         x0, confidence, entropy, drawn_from = _propose_rows(
             work, rows, generator, with_entropy, sync_free=not cpu_path
         )
+    if grammar_rows is not None:
+        # ...and counts as certain in the selection: always unmasked.
+        force_rows(confidence, entropy, grammar_rows)
     chosen = _select_rows(
         confidence,
         entropy,
@@ -268,6 +279,7 @@ def denoise_step_full(
     logprobs_mode: str = "raw_logprobs",
     output_rules: OutputRules | None = None,
     first_output_pos: int = 0,
+    grammar_mask: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, SlotLogprobs | None]:
     """`denoise_step` with vLLM's logits transforms and logprobs.
 
@@ -280,6 +292,9 @@ def denoise_step_full(
     the transforms; when sampling also after temperature, min_p,
     top-k/top-p), as vLLM's logprobs_mode. generator: a `StepNoise` (seeded
     noise) or a torch generator (None: the default one) for sampling.
+    grammar_mask: a structured request's bitmask for its first masked slot
+    (`BlockStep.grammar_mask`); the caller applies `grammar_rule`'s
+    left-to-right acceptance to the result.
     """
     block = BlockStep(
         tokens=tokens.tolist(),
@@ -291,6 +306,7 @@ def denoise_step_full(
         first_output_pos=first_output_pos,
         context=context,
         num_logprobs=num_logprobs,
+        grammar_mask=grammar_mask,
     )
     pack = pack_step([block], [masked_logits.shape[0]], mask_id, masked_logits.shape[-1])
     if pack.num_rows == 0:

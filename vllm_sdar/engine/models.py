@@ -8,13 +8,26 @@ architectures. Distinct classes give the registry SDAR's architecture names.
 
 from __future__ import annotations
 
+from vllm.model_executor.models.interfaces import SupportsLoRA
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from vllm.model_executor.models.qwen3_moe import Qwen3MoeForCausalLM
 
 
-class SDARForCausalLM(Qwen3ForCausalLM):
-    pass
+def _copy(mapping: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {name: list(parts) for name, parts in mapping.items()}
 
 
-class SDARMoeForCausalLM(Qwen3MoeForCausalLM):
-    pass
+# LoRA is declared as vLLM's Qwen3 / Qwen3-MoE declare it (SupportsLoRA, the
+# stacked-module mapping, the embedding modules), on copies of their
+# mappings: Qwen3MoeForCausalLM.__init__ adds "gate_up_proj" to
+# `self.packed_modules_mapping` in place, which would otherwise edit vLLM's
+# class attribute. How an SDAR step maps lm_head rows to adapters:
+# vllm_sdar/engine/lora.py.
+class SDARForCausalLM(Qwen3ForCausalLM, SupportsLoRA):
+    packed_modules_mapping = _copy(Qwen3ForCausalLM.packed_modules_mapping)
+    embedding_modules = dict(Qwen3ForCausalLM.embedding_modules)
+
+
+class SDARMoeForCausalLM(Qwen3MoeForCausalLM, SupportsLoRA):
+    packed_modules_mapping = _copy(Qwen3MoeForCausalLM.packed_modules_mapping)
+    embedding_modules = dict(Qwen3MoeForCausalLM.embedding_modules)

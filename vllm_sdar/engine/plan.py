@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vllm_sdar.algorithm.decoding import Denoising, OutputRules, RuleContext, Sampling
 
 # SchedulerOutput attribute carrying {request_id: BlockPlan}. SchedulerOutput
@@ -34,6 +36,9 @@ class BlockPlan:
     # nothing more is shipped); vLLM's `logprobs` (None: not asked).
     context: RuleContext | None = None
     num_logprobs: int | None = None
+    # Structured outputs: the grammar's bitmask (int32 words) for the first
+    # masked slot, from the scheduler's grammar (None: unconstrained).
+    grammar_mask: np.ndarray | None = None
 
     @property
     def block_tokens(self) -> list[int]:

@@ -31,6 +31,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm_sdar.algorithm.config import resolve_block_size
 from vllm_sdar.algorithm.decoding import BlockStep, denoise_batch, pack_step, step_noise
 from vllm_sdar.engine.attention import make_block_causal
+from vllm_sdar.engine.lora import SdarLoraRunnerMixin
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.support import check_attention_backend
 
@@ -131,6 +132,7 @@ def _block_step(plan: BlockPlan) -> BlockStep:
         first_output_pos=plan.first_output_pos,
         context=plan.context,
         num_logprobs=plan.num_logprobs,
+        grammar_mask=plan.grammar_mask,
     )
 
 
@@ -169,9 +171,11 @@ def _logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | N
     return LogprobsLists(np.concatenate(ids), np.concatenate(vals), np.concatenate(ranks), cu)
 
 
-class SdarCPUModelRunner(SdarRunnerMixin, CPUModelRunner):
+# SdarLoraRunnerMixin first: it wraps SdarRunnerMixin._prepare_inputs to map
+# each request's lm_head rows to its adapter (engine/lora.py).
+class SdarCPUModelRunner(SdarLoraRunnerMixin, SdarRunnerMixin, CPUModelRunner):
     pass
 
 
-class SdarGPUModelRunner(SdarRunnerMixin, GPUModelRunner):
+class SdarGPUModelRunner(SdarLoraRunnerMixin, SdarRunnerMixin, GPUModelRunner):
     pass

@@ -18,6 +18,10 @@ Positions and the KV cache, for a request whose current block starts at s:
   `BlockPlan`; its KV still becomes cache only once the whole block is
   final (prefix-cache pages end on block boundaries, so a page never holds
   a partly decided block).
+- A structured request's grammar (vLLM's StructuredOutputManager compiles
+  it) is used here only: a bitmask for the block's first masked slot goes
+  out with each plan, and only the grammar-valid selected run after it is
+  kept (engine/structured.py, docs/structured-outputs.md).
 
 Reused from vLLM's Scheduler (inherited): request bookkeeping, queues,
 KV-cache manager, preemption, stop checks, finishing, stats. Replaced:
@@ -56,7 +60,9 @@ from vllm_sdar.algorithm.decoding import (
     first_block,
 )
 from vllm_sdar.algorithm.logit_rules import LogitRules
+from vllm_sdar.engine.lora import LoraAdmission
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.structured import StructuredOutputs, finish_grammar_errors, grammar_ready
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
@@ -88,6 +94,12 @@ class SdarScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.sdar = SdarDeployment.from_hf_config(self.vllm_config.model_config.hf_config)
         self.blocks: dict[str, BlockState] = {}
+        text_config = self.vllm_config.model_config.hf_config.get_text_config()
+        self.lora = LoraAdmission(
+            self.lora_config, getattr(text_config, "max_position_embeddings", None)
+        )
+        # Structured outputs (engine/structured.py): grammar masks and acceptance.
+        self.structured = StructuredOutputs(self.vllm_config.model_config.get_vocab_size())
 
     # -- request lifecycle -------------------------------------------------
 
@@ -169,6 +181,7 @@ class SdarScheduler(Scheduler):
             sampling=state.sampling,
             output_rules=state.output_rules,
             first_output_pos=first_output_pos,
+            grammar_mask=self.structured.first_slot_mask(request) if num_logits else None,
         )
 
     @staticmethod
@@ -225,6 +238,11 @@ class SdarScheduler(Scheduler):
             budget -= num_new
             i += 1
 
+        # LoRA (engine/lora.py): requests whose adapter would exceed max_loras
+        # wait without blocking the queue, as in vLLM's schedule().
+        skipped: list[Request] = []
+        if self.lora.enabled:
+            self.lora.start(self.running)
         while (
             not preempted
             and self.waiting
@@ -232,6 +250,18 @@ class SdarScheduler(Scheduler):
             and len(self.running) < self.max_num_running_reqs
         ):
             request = self.waiting.peek_request()
+            if self.lora.enabled:
+                if (why := self.lora.adapter_error(request)) is not None:
+                    self.waiting.pop_request()
+                    self.lora.reject(request, why)
+                    self._free_request(request)
+                    continue
+                if not self.lora.fits(request):
+                    skipped.append(self.waiting.pop_request())
+                    continue
+            if not grammar_ready(self, request):  # its grammar is still compiling
+                skipped.append(self.waiting.pop_request())
+                continue
             hit_blocks, hit, _ = self.kv_cache_manager.get_computed_blocks(request)
             num_new, plan = self._plan(request, hit, budget)
             if plan is None:
@@ -243,6 +273,7 @@ class SdarScheduler(Scheduler):
                 break
             self.waiting.pop_request()
             self.running.append(request)
+            self.lora.admit(request)
             (resumed_reqs if request.status == RequestStatus.PREEMPTED else new_reqs).append(
                 request
             )
@@ -254,6 +285,9 @@ class SdarScheduler(Scheduler):
             num_scheduled[request.request_id] = num_new
             plans[request.request_id] = plan
             budget -= num_new
+
+        if skipped:
+            self.waiting.prepend_requests(reversed(skipped))  # extendleft: keep FCFS order
 
         output = SchedulerOutput(
             scheduled_new_reqs=[
@@ -371,16 +405,22 @@ class SdarScheduler(Scheduler):
             if request is None or request.is_finished() or not plan.num_logits:
                 continue
             state = self.blocks[req_id]
-            new_tokens = model_runner_output.sampled_token_ids[
+            new_tokens = proposed = model_runner_output.sampled_token_ids[
                 model_runner_output.req_id_to_index[req_id]
             ]
+            if plan.grammar_mask is not None:
+                # Structured: only the grammar-valid selected run from the
+                # first masked slot is kept (engine/structured.py).
+                new_tokens = self.structured.accept(request, state.tokens, proposed, mask)
             was_open = sum(t == mask for t in state.tokens)
             still_open = sum(t == mask for t in new_tokens)
             request.spec_decode_metrics.observe(
                 num_draft_tokens=was_open, num_accepted=was_open - still_open
             )
             if state.num_logprobs is not None:
-                self._keep_logprobs(state, new_tokens, model_runner_output, req_id)
+                # The runner's rows follow its own output (re-masked slots'
+                # rows are replaced when those slots are decided).
+                self._keep_logprobs(state, proposed, model_runner_output, req_id)
             state.tokens, state.step = list(new_tokens), state.step + 1
             if step_stats is not None:
                 step_stats.num_drafts += 1
@@ -416,6 +456,9 @@ class SdarScheduler(Scheduler):
                 state.appended = state.sent = 0
                 state.logprobs = {}
 
+        for client, out in self.lora.take_rejected():
+            outputs[client].append(out)
+        finish_grammar_errors(self, outputs)
         if stopped:
             self.running = remove_all(self.running, stopped)
         engine_outputs = {

@@ -56,6 +56,13 @@ def check_attention_backend(name: str, backend_cls: Any) -> None:
         )
 
 
+def _moe_on_cpu(vllm_config: Any) -> bool:
+    from vllm.platforms import current_platform
+
+    hf_config = vllm_config.model_config.hf_config
+    return current_platform.is_cpu() and bool(getattr(hf_config, "num_experts", 0))
+
+
 def refuse_unsupported(vllm_config: Any, block_size: int) -> None:
     """Raise SdarUnsupportedError for the first unsupported option set."""
     import vllm
@@ -74,7 +81,14 @@ def refuse_unsupported(vllm_config: Any, block_size: int) -> None:
             "--speculative-config",
             "SDAR already drafts a whole block per forward",
         ),
-        (vllm_config.lora_config is not None, "--enable-lora", "never implemented or tested"),
+        (
+            vllm_config.lora_config is not None and _moe_on_cpu(vllm_config),
+            "--enable-lora with an MoE model on CPU",
+            "with any LoRA config vLLM 0.32 gives every MoE layer a LoRA-capable experts "
+            "kernel, and the only one is Triton's (fused_moe/experts/triton_moe.py), which "
+            "has no CPU backend: even base-model requests fail; dense SDAR models take "
+            "LoRA on CPU",
+        ),
         (
             bool(getattr(model, "enable_prompt_embeds", False)),
             "--enable-prompt-embeds",

@@ -88,13 +88,6 @@ def validate_request(params: SamplingParams, deployment: SdarDeployment | None) 
     except ValueError as err:
         name = next((k for k in SdarOptions.KEYS if k in str(err)), "extra_args")
         _reject(name, str(err))
-    if params.structured_outputs is not None:
-        _reject(
-            "structured_outputs",
-            "structured outputs / guided decoding are not supported with SDAR block diffusion: "
-            "a grammar constrains the next token given every earlier one, while SDAR decides "
-            "the slots of a block in confidence order, not left to right",
-        )
     if params.prompt_logprobs is not None:
         _reject(
             "prompt_logprobs",
