@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from vllm_sdar.algorithm import proposals
 from vllm_sdar.algorithm import step as step_module
 from vllm_sdar.algorithm.decoding import (
     STRATEGIES,
@@ -149,6 +150,17 @@ def test_batched_equals_each_request_alone(seed: int, mode: str) -> None:
     for i in range(len(blocks)):
         assert again.tokens(i) == result.tokens(i)
         assert_same_logprobs(again.slot_logprobs(i), result.slot_logprobs(i))
+    # The CPU path's row chunks, as a Qwen3 vocabulary gets them (this V
+    # fits a whole batch in one chunk): the same results.
+    budget = proposals.CPU_CHUNK_ELEMENTS
+    proposals.CPU_CHUNK_ELEMENTS = 4 * V
+    try:
+        chunked = denoise_batch(torch.cat(logits), pack, logprobs_mode=mode)
+    finally:
+        proposals.CPU_CHUNK_ELEMENTS = budget
+    for i in range(len(blocks)):
+        assert chunked.tokens(i) == result.tokens(i)
+        assert_same_logprobs(chunked.slot_logprobs(i), result.slot_logprobs(i))
 
 
 @settings(max_examples=15, deadline=None)

@@ -29,8 +29,16 @@ class Worker:
     """The parent's handle on one worker process."""
 
     def __init__(
-        self, factory: str, kwargs: dict[str, Any], env: dict[str, str], control: Path, label: str
+        self,
+        factory: str,
+        kwargs: dict[str, Any],
+        env: dict[str, str],
+        control: Path,
+        label: str,
+        cwd: Path = REPO,
     ) -> None:
+        """cwd: the child's working directory, first on its sys.path (another
+        tree runs other code: benchmarks.step_cost's `--before`)."""
         self.label, self.control = label, control
         control.mkdir(parents=True)
         # Held for the worker's lifetime (closed in close()), so no `with`.
@@ -38,7 +46,7 @@ class Worker:
         cmd = [sys.executable, "-m", __name__, factory, json.dumps(kwargs), str(control)]
         self.proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdin=subprocess.PIPE,
             stdout=self.log,

@@ -4,7 +4,7 @@ Owns the draw of every masked row at once (`_propose_rows`: temperature,
 min_p, top-k/top-p, greedy argmax or a Gumbel-max draw with the seeded or
 generator noise), its per-row parameters on the logits' device (`_Rows`),
 the single-request form (`propose`), and the CPU path's row chunks
-(`CPU_ROW_CHUNK`, `_concat_proposals`). Pure torch, no vLLM.
+(`cpu_row_chunk`, `_concat_proposals`). Pure torch, no vLLM.
 """
 
 from __future__ import annotations
@@ -18,12 +18,22 @@ from vllm_sdar.algorithm.logit_rules import apply_min_p
 from vllm_sdar.algorithm.noise import StepNoise, _log_exponential_noise
 from vllm_sdar.algorithm.schedule import Sampling
 
-# Rows per proposal chunk on the CPU path: one block's worth. A chunk's
-# vocabulary-wide temporaries (4 x 151,936 x 4 bytes ~ 2.4 MB) stay in cache
-# and in reused heap memory; a whole batch's would be fresh pages every step
-# (glibc maps blocks over 32 MB anew), which made a batched CPU step slower
-# than the per-request loop it replaces.
-CPU_ROW_CHUNK = 4
+# Logits per proposal chunk on the CPU path: one block of a Qwen3
+# vocabulary. A chunk's vocabulary-wide temporaries (4 x 151,936 x 4 bytes
+# ~ 2.4 MB) stay in cache and in reused heap memory; a whole batch's would
+# be fresh pages every step (glibc maps blocks over 32 MB anew), which made
+# a batched CPU step slower than the per-request loop it replaces.
+CPU_CHUNK_ELEMENTS = 4 * 151_936
+
+
+def cpu_row_chunk(vocab: int) -> int:
+    """Rows per CPU chunk: the element budget's worth, at least one block.
+
+    Sized by elements, not rows: a small vocabulary (the toy models' 24 ids)
+    takes the whole batch in one chunk, where fixed 4-row chunks cost ~30
+    launches of ~10 ops per step at batch 64, more than their arithmetic.
+    """
+    return max(4, CPU_CHUNK_ELEMENTS // max(vocab, 1))
 
 Proposal = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
 

@@ -23,7 +23,7 @@ from vllm_sdar.algorithm.logit_rules import apply_logit_rules
 from vllm_sdar.algorithm.logprobs import SlotLogprobs, gather_logprobs
 from vllm_sdar.algorithm.noise import StepNoise
 from vllm_sdar.algorithm.packing import BlockStep, StepPack, pack_step
-from vllm_sdar.algorithm.proposals import CPU_ROW_CHUNK, _concat_proposals, _propose_rows, _Rows
+from vllm_sdar.algorithm.proposals import _concat_proposals, _propose_rows, _Rows, cpu_row_chunk
 from vllm_sdar.algorithm.rules import OutputRules, RuleContext
 from vllm_sdar.algorithm.schedule import _ENTROPY, Denoising, Sampling
 from vllm_sdar.algorithm.selection import _select_rows
@@ -113,7 +113,7 @@ def denoise_batch(
     depend on the number of blocks, and the results reach the host in one
     transfer, except on the CPU path (`cpu_path`, default: logits on the
     CPU), where launches and host reads cost nothing but memory traffic
-    does: there proposals run over chunks of `CPU_ROW_CHUNK` rows (the
+    does: there proposals run over chunks of `cpu_row_chunk(vocab)` rows (the
     vocabulary-wide temporaries of a whole batch would be fresh pages every
     step), and top-p nuclei are searched among the first candidates with a
     host read per round instead of a full sort. Results are the same.
@@ -170,17 +170,18 @@ def denoise_batch(
         max_top_k=pack.max_top_k,
     )
     with_entropy = _ENTROPY in pack.strategies
-    if cpu_path and pack.num_rows > CPU_ROW_CHUNK:
+    chunk = cpu_row_chunk(pack.vocab)
+    if cpu_path and pack.num_rows > chunk:
         x0, confidence, entropy, drawn_from = _concat_proposals(
             [
                 _propose_rows(
-                    work[start : start + CPU_ROW_CHUNK],
-                    rows.rows(start, start + CPU_ROW_CHUNK),
+                    work[start : start + chunk],
+                    rows.rows(start, start + chunk),
                     generator,
                     with_entropy,
                     sync_free=False,
                 )
-                for start in range(0, pack.num_rows, CPU_ROW_CHUNK)
+                for start in range(0, pack.num_rows, chunk)
             ]
         )
     else:
