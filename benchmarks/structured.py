@@ -49,16 +49,15 @@ BEFORE = "6fbad46"  # main before structured outputs
 
 def step_code_at(rev: str) -> tuple[Any, Any]:
     """The packing and step modules at git revision `rev`, the old step
-    importing the old packing (their other imports: today's modules,
-    unchanged by the feature)."""
+    importing the old packing and proposals (their other imports: today's
+    modules, unchanged by the feature)."""
+    import importlib
     import subprocess
     import sys
     import types
 
-    import vllm_sdar.algorithm.packing as today
-
     modules: dict[str, types.ModuleType] = {}
-    for name in ("packing", "step"):
+    for name in ("packing", "proposals", "step"):
         source = subprocess.run(
             ["git", "show", f"{rev}:vllm_sdar/algorithm/{name}.py"],
             cwd=REPO,
@@ -69,12 +68,19 @@ def step_code_at(rev: str) -> tuple[Any, Any]:
         module = types.ModuleType(f"{name}_before")
         module.__package__ = "vllm_sdar.algorithm"
         sys.modules[module.__name__] = module  # dataclasses look their module up
-        if name == "step":
-            sys.modules[today.__name__] = modules["packing"]
+        # The old step imports the old packing and proposals; everything else
+        # resolves to today's modules.
+        swapped = {
+            f"vllm_sdar.algorithm.{dep}": modules[dep]
+            for dep in ("packing", "proposals")
+            if name == "step"
+        }
+        today = {key: importlib.import_module(key) for key in swapped}
+        sys.modules.update(swapped)
         try:
             exec(compile(source, f"{rev}:{name}.py", "exec"), module.__dict__)
         finally:
-            sys.modules[today.__name__] = today
+            sys.modules.update(today)
         modules[name] = module
     return modules["packing"], modules["step"]
 
