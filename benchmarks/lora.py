@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import env
+from benchmarks.harness.models import model_dir as bench_model_dir
+from benchmarks.harness.models import problem_prompts
 from benchmarks.harness.results import md_table, parser, publish, stem
 from benchmarks.harness.timing import interleave
 from benchmarks.harness.workers import Worker
@@ -71,14 +73,6 @@ QUICK = [Case("tiny-dense", "random", 2, 8, 2)]
 RANK = 16
 
 
-def _model_dir(name: str) -> Path:
-    if (ASSETS / name).is_dir():
-        return ASSETS / name
-    from benchmarks.harness.models import checkpoint
-    from benchmarks.shapes_models import MODELS
-
-    return checkpoint(MODELS[name])
-
 
 def _adapter_dir(case: Case, model_dir: Path, tmp: Path) -> Path:
     if case.adapter != "random":
@@ -91,20 +85,6 @@ def _adapter_dir(case: Case, model_dir: Path, tmp: Path) -> Path:
         random_adapter(model_dir, out, rank=RANK, alpha=RANK, seed=0, std=0.02)
     return out
 
-
-def _prompts(model_dir: Path, n: int) -> list[list[int]]:
-    """Held-out problems (chat template) for a trained toy, random ids otherwise."""
-    if (model_dir / "eval.json").exists():
-        from transformers import AutoTokenizer
-
-        from vllm_sdar.convert.evaluate import prompt_ids
-        from vllm_sdar.convert.toy import held_out
-
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        return [prompt_ids(tok, p) for p in held_out(n, model_dir)]
-    from benchmarks.harness.engines import prompts
-
-    return prompts(n, 32)
 
 
 class LoraEngine:
@@ -137,7 +117,7 @@ class LoraEngine:
             kwargs["lora_target_modules"] = sorted(config["target_modules"])
         self.llm = LLM(**kwargs)
         self.lora = LoRARequest("adapter", 1, adapter_dir)
-        self.prompts = [{"prompt_token_ids": p} for p in _prompts(Path(model_dir), batch)]
+        self.prompts = [{"prompt_token_ids": p} for p in problem_prompts(Path(model_dir), batch)]
         self.params = SamplingParams(
             temperature=0.0,
             max_tokens=max_tokens,
@@ -183,7 +163,7 @@ class LoraEngine:
 
 
 def run_case(case: Case, tmp: Path) -> dict[str, Any]:
-    model_dir = _model_dir(case.model)
+    model_dir = bench_model_dir(case.model)
     adapter = _adapter_dir(case, model_dir, tmp)
     # 1 GiB of KV per engine is plenty here (batch <= 16, 256 tokens).
     proc_env = {**os.environ, **env.preload_env(False), "VLLM_CPU_KVCACHE_SPACE": "1"}

@@ -42,12 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import env
+from benchmarks.harness.models import model_dir as bench_model_dir
+from benchmarks.harness.models import problem_prompts
 from benchmarks.harness.results import md_table, parser, publish, stem
 from benchmarks.harness.timing import interleave, ratio
 from benchmarks.harness.workers import Worker
 
 REPO = Path(__file__).resolve().parent.parent
-ASSETS = REPO / "vllm_sdar" / "assets"
 FACTORY = "benchmarks.step_cost:StageTimedEngine"
 STAGES = ("step", "forward", "logits", "prepare", "sample", "schedule", "update", "host")
 
@@ -75,14 +76,6 @@ FULL = [
 ]
 QUICK = [Case("sdar-addition", 2, 8, 1)]
 
-
-def _model_dir(name: str) -> Path:
-    if (ASSETS / name).is_dir():
-        return ASSETS / name
-    from benchmarks.harness.models import checkpoint
-    from benchmarks.shapes_models import MODELS
-
-    return checkpoint(MODELS[name])
 
 
 def export_tree(rev: str, dest: Path) -> Path:
@@ -169,24 +162,10 @@ class StageTimedEngine:
         shutdown(self.llm)
 
 
-def _prompts(model_dir: Path, n: int) -> list[list[int]]:
-    """Held-out problems (chat template) for a trained toy, random ids otherwise."""
-    if (model_dir / "eval.json").exists():
-        from transformers import AutoTokenizer
-
-        from vllm_sdar.convert.evaluate import prompt_ids
-        from vllm_sdar.convert.toy import held_out
-
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        return [prompt_ids(tok, p) for p in held_out(n, model_dir)]
-    from benchmarks.harness.engines import prompts
-
-    return prompts(n, 32)
-
 
 def run_case(case: Case, before: dict[str, Path], tmp: Path) -> dict[str, Any]:
-    model_dir = _model_dir(case.model)
-    prompts = _prompts(model_dir, case.batch)
+    model_dir = bench_model_dir(case.model)
+    prompts = problem_prompts(model_dir, case.batch)
     proc_env = {**os.environ, **env.preload_env(False), "VLLM_CPU_KVCACHE_SPACE": "1"}
     engines = {"ar": ("ar", REPO), "sdar": ("sdar", REPO)}
     if case.with_before:

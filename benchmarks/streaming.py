@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import env
+from benchmarks.harness.models import model_dir as bench_model_dir
 from benchmarks.harness.results import md_table, parser, publish, stem
 from benchmarks.harness.timing import interleave, ratio
 
@@ -60,14 +61,6 @@ QUICK_LATENCY = [LatencyCase("tiny-dense", 4, 1, 2, 12, 1)]
 FULL_PAIRS = {"addition": 128, "sort": 128}
 QUICK_PAIRS = {"addition": 8}
 
-
-def _model_dir(name: str) -> Path:
-    if (ASSETS / name).is_dir():
-        return ASSETS / name
-    from benchmarks.harness.models import checkpoint
-    from benchmarks.shapes_models import MODELS
-
-    return checkpoint(MODELS[name])
 
 
 def _prompts(name: str, model_dir: Path, n: int) -> list[list[int]]:
@@ -102,7 +95,7 @@ def latency(case: LatencyCase) -> dict[str, Any]:
     from benchmarks.harness.engines import EngineSpec, shutdown, start_verified
     from vllm_sdar.tools.stream_steps import stream_steps
 
-    model_dir = _model_dir(case.model)
+    model_dir = bench_model_dir(case.model)
     spec = EngineSpec("sdar", case.block_size, max_model_len=256, max_num_seqs=case.batch)
     llm, engine = start_verified(model_dir, spec, "Qwen3ForCausalLM")
     trained = (model_dir / "eval.json").exists()

@@ -78,3 +78,30 @@ def checkpoint(model: BenchModel, cache: Path = CACHE) -> Path:
     if not (path / "model.safetensors").exists():
         build(path, model.spec)
     return path
+
+
+ASSETS = REPO / "vllm_sdar" / "assets"
+
+
+def model_dir(name: str) -> Path:
+    """A shipped asset (`sdar-addition`, ...) or a `benchmarks.shapes_models` model, built."""
+    if (ASSETS / name).is_dir():
+        return ASSETS / name
+    from benchmarks.shapes_models import MODELS  # imports this module: not at the top
+
+    return checkpoint(MODELS[name])
+
+
+def problem_prompts(model: Path, n: int) -> list[list[int]]:
+    """Held-out problems (chat template) for a trained toy, random ids otherwise."""
+    if (model / "eval.json").exists():
+        from transformers import AutoTokenizer
+
+        from vllm_sdar.convert.evaluate import prompt_ids
+        from vllm_sdar.convert.toy import held_out
+
+        tok = AutoTokenizer.from_pretrained(model)
+        return [prompt_ids(tok, p) for p in held_out(n, model)]
+    from benchmarks.harness.engines import prompts
+
+    return prompts(n, 32)
