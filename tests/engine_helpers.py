@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,24 @@ def prompt_of(length: int, salt: int = 0) -> list[int]:
 def scheduler_of(llm: LLM) -> Any:
     """The engine's scheduler (in-process engine core only)."""
     return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def record_preemptions(
+    llm: LLM, which: Callable[[Any, Any], bool] = lambda scheduler, request: True
+) -> list[str]:
+    """Ids of the requests the scheduler preempts from now on (those `which`
+    (scheduler, request) accepts, asked just before the preemption)."""
+    scheduler = scheduler_of(llm)
+    original = scheduler._preempt_request
+    preempted: list[str] = []
+
+    def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if which(scheduler, request):
+            preempted.append(request.request_id)
+        return original(request, *args, **kwargs)
+
+    scheduler._preempt_request = spy
+    return preempted
 
 
 def params(max_tokens: int = 10, **kwargs: Any) -> SamplingParams:

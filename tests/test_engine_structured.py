@@ -33,6 +33,7 @@ from .engine_helpers import (
     generate_ids,
     params,
     prompt_of,
+    record_preemptions,
     reference_request,
     scheduler_of,
     sdar_llm,
@@ -308,15 +309,7 @@ def test_b8_preemption_every_strategy(tiny_dense_b8: Path) -> None:
         max_model_len=384,
         enable_prefix_caching=False,
     ) as llm:
-        scheduler = scheduler_of(llm)
-        preempted: list[str] = []
-        original = scheduler._preempt_request
-
-        def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
-            preempted.append(request.request_id)
-            return original(request, *args, **kwargs)
-
-        scheduler._preempt_request = spy
+        preempted = record_preemptions(llm)
         got = assert_matches_reference(
             llm, ref, prompts + [c[1] for c in cases], long_ps + [c[2] for c in cases]
         )

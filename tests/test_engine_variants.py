@@ -20,6 +20,7 @@ from .engine_helpers import (
     generate_ids,
     params,
     prompt_of,
+    record_preemptions,
     scheduler_of,
     sdar_llm,
     tight_kv_llm,
@@ -117,15 +118,7 @@ def test_preemption_and_chunked_prefill(tiny_dense: Path) -> None:
         for _ in prompts
     ]
     with tight_kv_llm(tiny_dense) as llm:
-        scheduler = scheduler_of(llm)
-        preempted: list[str] = []
-        original = scheduler._preempt_request
-
-        def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
-            preempted.append(request.request_id)
-            return original(request, *args, **kwargs)
-
-        scheduler._preempt_request = spy
+        preempted = record_preemptions(llm)
         assert_matches_reference(llm, ref, prompts, ps)
     assert preempted, "the workload was meant to overflow the KV cache"
 

@@ -24,6 +24,7 @@ from .engine_helpers import (
     assert_matches_reference,
     params,
     prompt_of,
+    record_preemptions,
     reference_request,
     scheduler_of,
     sdar_llm,
@@ -132,17 +133,12 @@ def test_preemption_in_a_partly_streamed_block(tiny_dense: Path, ref: ReferenceD
         for i in range(len(prompts))
     ]  # fmt: skip
     with tight_kv_llm(tiny_dense) as small:
-        scheduler = scheduler_of(small)
-        partly_streamed: list[str] = []
-        original = scheduler._preempt_request
 
-        def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
+        def inside_a_streamed_block(scheduler: Any, request: Any) -> bool:
             state = scheduler.blocks[request.request_id]  # the engine's own id
-            if 0 < state.sent < len(state.tokens):
-                partly_streamed.append(request.request_id)
-            return original(request, *args, **kwargs)
+            return 0 < state.sent < len(state.tokens)
 
-        scheduler._preempt_request = spy
+        partly_streamed = record_preemptions(small, inside_a_streamed_block)
         streams = checked_streams(small, ref.mask_id, prompts, ps)
     assert partly_streamed, "the workload was meant to preempt inside a streamed block"
     for prompt, p, s in zip(prompts, ps, streams, strict=True):
