@@ -42,7 +42,7 @@ def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
 
 
 @contextmanager
-def tight_kv_llm(model: Path | str) -> Iterator[LLM]:
+def tight_kv_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
     """An engine whose KV cache (6 pages) cannot hold a batch of long
     requests, with a 64-token step budget: preemption, recompute and
     block-aligned chunked prefill all happen."""
@@ -52,6 +52,7 @@ def tight_kv_llm(model: Path | str) -> Iterator[LLM]:
         max_num_batched_tokens=64,
         max_model_len=384,
         enable_prefix_caching=False,
+        **overrides,
     ) as llm:
         yield llm
 

@@ -111,6 +111,26 @@ def resolve_max_block_steps(config: Any, block_size: int) -> int:
     return limit
 
 
+def resolve_steps_per_iteration(config: Any, max_block_steps: int) -> int:
+    """Denoising forwards one engine iteration may run (deployment option).
+
+    `--hf-overrides '{"steps_per_iteration": k}'`: 1 (the default) is one
+    step of every running block per engine iteration; k > 1 repeats forward
+    and unmasking up to k times inside one `execute_model`; "block" runs
+    until every scheduled block is final (at most `max_block_steps`).
+    """
+    value = getattr(config, "steps_per_iteration", None)
+    if value is None:
+        return 1
+    if value == "block":
+        return max_block_steps
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f'steps_per_iteration must be a positive integer or "block", got {value!r}'
+        )
+    return min(value, max_block_steps)
+
+
 @dataclass(frozen=True)
 class SdarOptions:
     """Per-request SDAR options (SamplingParams.extra_args / extra_body)."""
@@ -188,6 +208,7 @@ class SdarDeployment:
     mask_id: int
     defaults: SdarOptions
     max_block_steps: int
+    steps_per_iteration: int = 1
 
     @classmethod
     def from_hf_config(cls, hf_config: Any, tokenizer: Any = None) -> SdarDeployment:
@@ -195,11 +216,13 @@ class SdarDeployment:
         attributes of the same names (settable with `--hf-overrides`)."""
         deployment_defaults = {k: getattr(hf_config, k, None) for k in SdarOptions.KEYS}
         block_size = resolve_block_size(hf_config)
+        max_block_steps = resolve_max_block_steps(hf_config, block_size)
         deployment = cls(
             block_size=block_size,
             mask_id=resolve_mask_id(hf_config, tokenizer),
             defaults=SdarOptions.parse(deployment_defaults),
-            max_block_steps=resolve_max_block_steps(hf_config, block_size),
+            max_block_steps=max_block_steps,
+            steps_per_iteration=resolve_steps_per_iteration(hf_config, max_block_steps),
         )
         deployment.defaults.denoising(deployment.block_size)  # steps <= block size
         return deployment

@@ -65,7 +65,7 @@ def configure(vllm_config: Any) -> SdarDeployment:
     hf_config.mask_token_id = deployment.mask_id
     set_deployment(deployment)
 
-    refuse_unsupported(vllm_config, deployment.block_size)
+    refuse_unsupported(vllm_config, deployment.block_size, deployment.steps_per_iteration)
 
     scheduler_config = vllm_config.scheduler_config
     if scheduler_config.scheduler_cls is None:
@@ -130,10 +130,12 @@ def configure(vllm_config: Any) -> SdarDeployment:
     if VALIDATOR not in processors:
         model_config.logits_processors = processors + [VALIDATOR]
     logger.info(
-        "SDAR: block size %d, mask id %d, default strategy %s",
+        "SDAR: block size %d, mask id %d, default strategy %s, %d denoising step(s) per "
+        "engine iteration",
         B,
         deployment.mask_id,
         deployment.defaults.remasking_strategy,
+        deployment.steps_per_iteration,
     )
     return deployment
 

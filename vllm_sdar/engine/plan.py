@@ -39,6 +39,12 @@ class BlockPlan:
     # Structured outputs: the grammar's bitmask (int32 words) for the first
     # masked slot, from the scheduler's grammar (None: unconstrained).
     grammar_mask: np.ndarray | None = None
+    # What ends the request inside an engine iteration of several steps
+    # (steps_per_iteration > 1): the runner stops feeding a block once its
+    # decided prefix holds one of these ids or reaches max_tokens, as the
+    # scheduler's replay of the steps will finish it there.
+    finish_ids: frozenset[int] = frozenset()
+    max_tokens: int | None = None
 
     @property
     def block_tokens(self) -> list[int]:

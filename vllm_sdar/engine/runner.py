@@ -20,6 +20,7 @@ The vLLM methods overridden here are V1-runner internals of 0.32
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,14 @@ from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_sdar.algorithm.config import resolve_block_size
-from vllm_sdar.algorithm.decoding import BlockStep, denoise_batch, pack_step, step_noise
+from vllm_sdar.algorithm.config import (
+    resolve_block_size,
+    resolve_max_block_steps,
+    resolve_steps_per_iteration,
+)
+from vllm_sdar.algorithm.decoding import denoise_batch, pack_step
 from vllm_sdar.engine.attention import make_block_causal
+from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps, StepLogprobs, block_step
 from vllm_sdar.engine.lora import SdarLoraRunnerMixin
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.support import check_attention_backend
@@ -40,10 +46,21 @@ class SdarRunnerMixin:
     """Mixed into a V1 GPUModelRunner subclass (CPU or GPU)."""
 
     _sdar_rows: list[tuple[str, int]]
+    # steps_per_iteration > 1 (inner_steps.py): the loop built for this
+    # iteration, then the loop that ran, read by sample_tokens.
+    _sdar_steps_per_iteration = 1
+    _sdar_max_block_steps = 1
+    _sdar_inner: InnerSteps | None = None
+    _sdar_ran: InnerSteps | None = None
 
     def initialize_metadata_builders(self, kv_cache_config: Any, kernel_block_sizes: Any) -> None:
         super().initialize_metadata_builders(kv_cache_config, kernel_block_sizes)
-        block_size = resolve_block_size(self.model_config.hf_config)
+        hf_config = self.model_config.hf_config
+        block_size = resolve_block_size(hf_config)
+        self._sdar_max_block_steps = resolve_max_block_steps(hf_config, block_size)
+        self._sdar_steps_per_iteration = resolve_steps_per_iteration(
+            hf_config, self._sdar_max_block_steps
+        )
         for groups in self.attn_groups:
             for group in groups:
                 # The platform's own choice too (FlashInfer on some GPUs).
@@ -66,7 +83,10 @@ class SdarRunnerMixin:
         num_reqs = batch.num_reqs
         ends = self.query_start_loc.np[1 : num_reqs + 1]
         self._sdar_rows = []
+        self._sdar_inner = None
         indices = []
+        inner: list[InnerBlock] = []
+        multi_step = self._sdar_steps_per_iteration > 1
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             plan = plans.get(req_id)
             # Logits (and lm_head rows) only where a MASK is still open.
@@ -75,10 +95,50 @@ class SdarRunnerMixin:
                 continue
             slots = np.asarray(plan.masked_slots, dtype=np.int64)
             self._sdar_rows.append((req_id, len(slots)))
-            indices.append(ends[row] - plan.num_logits + slots)
+            first = ends[row] - plan.num_logits
+            if multi_step:
+                # The loop takes its own logits after each forward; the
+                # stock path then computes none.
+                positions = np.arange(first, first + plan.num_logits, dtype=np.int64)
+                inner.append(InnerBlock(row, plan, positions, plan.block_tokens, plan.step))
+            else:
+                indices.append(first + slots)
+        if inner:
+            self._sdar_inner = InnerSteps(
+                inner,
+                self._sdar_steps_per_iteration,
+                self._sdar_max_block_steps,
+                self.model_config.logprobs_mode,
+            )
         flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
         logits_indices = torch.from_numpy(flat.astype(np.int64)).to(self.device, non_blocking=True)
         return logits_indices, spec_metadata, max_sampled
+
+    def _model_forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **model_kwargs: Any,
+    ) -> Any:
+        forward = functools.partial(
+            super()._model_forward,
+            input_ids=input_ids,
+            positions=positions,
+            intermediate_tensors=intermediate_tensors,
+            inputs_embeds=inputs_embeds,
+            **model_kwargs,
+        )
+        hidden = forward()
+        inner, self._sdar_inner = self._sdar_inner, None
+        if inner is None:
+            return hidden
+        # Inside vLLM's forward context: every forward of the loop reuses the
+        # step's attention metadata and slot mapping.
+        hidden = inner.run(hidden, input_ids, forward, self.model.compute_logits)
+        self._sdar_ran = inner
+        return hidden
 
     @torch.inference_mode()
     def sample_tokens(self, grammar_output: Any) -> ModelRunnerOutput:
@@ -88,16 +148,23 @@ class SdarRunnerMixin:
         if state is None:
             return ModelRunnerOutput.with_kv_conn_output_only(kv_output)
         self.execute_model_state = None
+        sampled: list[list[int]] = [[] for _ in self._sdar_rows]
+        logprobs = None
+        ran, self._sdar_ran = self._sdar_ran, None
+        if ran is not None:
+            per_block: list[StepLogprobs | None] = [None] * len(self._sdar_rows)
+            for b in ran.blocks:
+                sampled[b.row] = b.sampled()
+                per_block[b.row] = b.logprob_rows()
+            return self._output(sampled, _logprobs_lists(per_block), kv_output)
         plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
         logits = state.logits
         # Under tensor parallelism only the driver rank holds the gathered
         # logits; the others return nothing, and only the driver's output
         # reaches the scheduler.
         active = [] if logits is None else [i for i, (_, n) in enumerate(self._sdar_rows) if n]
-        sampled: list[list[int]] = [[] for _ in self._sdar_rows]
-        logprobs = None
         if active:
-            blocks = [_block_step(plans[self._sdar_rows[i][0]]) for i in active]
+            blocks = [block_step(plans[self._sdar_rows[i][0]]) for i in active]
             counts = [self._sdar_rows[i][1] for i in active]
             pack = pack_step(
                 blocks, counts, plans[self._sdar_rows[active[0]][0]].mask_id, logits.shape[-1]
@@ -112,6 +179,11 @@ class SdarRunnerMixin:
                 sampled[i] = result.tokens(b)
                 per_request[i] = result.logprob_arrays(b)
             logprobs = _logprobs_lists(per_request)
+        return self._output(sampled, logprobs, kv_output)
+
+    def _output(
+        self, sampled: list[list[int]], logprobs: LogprobsLists | None, kv_output: Any
+    ) -> ModelRunnerOutput:
         return ModelRunnerOutput(
             req_ids=[req_id for req_id, _ in self._sdar_rows],
             req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
@@ -119,25 +191,6 @@ class SdarRunnerMixin:
             logprobs=logprobs,
             kv_connector_output=kv_output,
         )
-
-
-def _block_step(plan: BlockPlan) -> BlockStep:
-    return BlockStep(
-        tokens=plan.block_tokens,
-        step=plan.step,
-        denoising=plan.denoising,
-        sampling=plan.sampling,
-        noise=None if plan.sampling.greedy else step_noise(plan.seed, plan.block_start, plan.step),
-        output_rules=plan.output_rules,
-        first_output_pos=plan.first_output_pos,
-        context=plan.context,
-        num_logprobs=plan.num_logprobs,
-        grammar_mask=plan.grammar_mask,
-    )
-
-
-# (slots, ids [n, k + 1], values [n, k + 1], ranks [n]) of one request's step.
-StepLogprobs = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]
 
 
 def _logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | None:

@@ -84,6 +84,9 @@ class BlockState:
     appended: int = 0  # leading slots appended to the request's output (final)
     sent: int = 0  # leading slots sent to the client (<= appended)
     rules: LogitRules | None = None  # None: no logits transforms
+    # The ids vLLM's check_stop ends the request on (eos unless ignore_eos,
+    # stop_token_ids); shipped only with steps_per_iteration > 1.
+    finish_ids: frozenset[int] = frozenset()
     num_logprobs: int | None = None
     # slot -> (ids, values, rank) from the step that unmasked it (logprobs only)
     logprobs: dict[int, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
@@ -133,6 +136,11 @@ class SdarScheduler(Scheduler):
             ),
             rules=rules if rules.changes_logits or rules.min_p else None,
             num_logprobs=params.logprobs,
+            finish_ids=frozenset(
+                [*(params.stop_token_ids or ()), params.eos_token_id]
+                if params.eos_token_id is not None
+                else params.stop_token_ids or ()
+            ),
         )
         # Each denoising forward is reported like a speculative "verify step":
         # drafted = open slots predicted, accepted = slots unmasked.
@@ -182,7 +190,15 @@ class SdarScheduler(Scheduler):
             output_rules=state.output_rules,
             first_output_pos=first_output_pos,
             grammar_mask=self.structured.first_slot_mask(request) if num_logits else None,
+            **self._inner_stops(request, state),
         )
+
+    def _inner_stops(self, request: Request, state: BlockState) -> dict[str, Any]:
+        """What lets the runner's inner loop stop where the replay will
+        (inner_steps.py); nothing when each iteration is one step."""
+        if self.sdar.steps_per_iteration == 1:
+            return {}
+        return {"finish_ids": state.finish_ids, "max_tokens": request.max_tokens}
 
     @staticmethod
     def _rule_context(
@@ -327,12 +343,14 @@ class SdarScheduler(Scheduler):
     # -- logprobs ------------------------------------------------------------
 
     def _keep_logprobs(
-        self, state: BlockState, new_tokens: list[int], output: ModelRunnerOutput, req_id: str
-    ) -> None:
-        """Store the runner's rows for the slots this step unmasked.
+        self, state: BlockState, new_tokens: list[int], output: ModelRunnerOutput, start: int
+    ) -> int:
+        """Store the runner's rows for the slots this step unmasked; returns
+        the row after them.
 
         The runner sends one row per slot that went from MASK to a token, in
-        position order (rows cu[i]:cu[i+1] of request i), the same rule as here.
+        position order, step after step (rows cu[i]:cu[i+1] of request i),
+        the same rule as here.
         """
         lists = output.logprobs
         mask = self.sdar.mask_id
@@ -340,8 +358,7 @@ class SdarScheduler(Scheduler):
             i for i, (old, new) in enumerate(zip(state.tokens, new_tokens)) if old == mask != new
         ]
         if lists is None or not slots:
-            return
-        start = lists.cu_num_generated_tokens[output.req_id_to_index[req_id]]
+            return start
         width = state.num_logprobs + 1 if state.num_logprobs >= 0 else None
         for r, slot in enumerate(slots, start):
             state.logprobs[slot] = (
@@ -349,6 +366,7 @@ class SdarScheduler(Scheduler):
                 lists.logprobs[r, :width],
                 int(lists.sampled_token_ranks[r]),
             )
+        return start + len(slots)
 
     @staticmethod
     def _slot_logprobs(state: BlockState, first: int, end: int) -> LogprobsLists | None:
@@ -391,6 +409,54 @@ class SdarScheduler(Scheduler):
         )
         logger.error("SDAR request %s: %s", request.request_id, request.stop_reason)
 
+    def _apply_step(
+        self,
+        request: Request,
+        state: BlockState,
+        plan: BlockPlan,
+        proposed: list[int],
+        output: ModelRunnerOutput,
+        rows: int,
+        step_stats: SpecDecodingStats | None,
+    ) -> tuple[bool, bool, int]:
+        """One denoising step's block into the request: (done, block final,
+        the next step's first logprobs row)."""
+        mask = self.sdar.mask_id
+        new_tokens = proposed
+        if plan.grammar_mask is not None:
+            # Structured: only the grammar-valid selected run from the
+            # first masked slot is kept (engine/structured.py).
+            new_tokens = self.structured.accept(request, state.tokens, proposed, mask)
+        was_open = sum(t == mask for t in state.tokens)
+        still_open = sum(t == mask for t in new_tokens)
+        request.spec_decode_metrics.observe(
+            num_draft_tokens=was_open, num_accepted=was_open - still_open
+        )
+        if state.num_logprobs is not None:
+            # The runner's rows follow its own output (re-masked slots'
+            # rows are replaced when those slots are decided).
+            rows = self._keep_logprobs(state, proposed, output, rows)
+        state.tokens, state.step = list(new_tokens), state.step + 1
+        if step_stats is not None:
+            step_stats.num_drafts += 1
+            step_stats.num_draft_tokens += was_open
+        # The decided prefix is final output: append it (vLLM's stop checks
+        # run per token) and stream it unless held for the block.
+        decided = decided_prefix(state.tokens, mask)
+        appended, done = self._update_request_with_output(
+            request, state.tokens[state.appended : decided]
+        )
+        state.appended += len(appended)
+        if step_stats is not None:
+            step_stats.num_accepted_tokens += len(appended)
+        if not done and still_open and state.step >= self.sdar.max_block_steps:
+            # Safety net (MASK is never proposed, so this needs a bug or
+            # non-finite logits): end the request instead of holding its KV
+            # forever.
+            self._mark_unconverged(request, state)
+            done = True
+        return done, not still_open, rows
+
     def update_from_output(
         self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
     ) -> dict[int, EngineCoreOutputs]:
@@ -405,42 +471,29 @@ class SdarScheduler(Scheduler):
             if request is None or request.is_finished() or not plan.num_logits:
                 continue
             state = self.blocks[req_id]
-            new_tokens = proposed = model_runner_output.sampled_token_ids[
-                model_runner_output.req_id_to_index[req_id]
-            ]
-            if plan.grammar_mask is not None:
-                # Structured: only the grammar-valid selected run from the
-                # first masked slot is kept (engine/structured.py).
-                new_tokens = self.structured.accept(request, state.tokens, proposed, mask)
-            was_open = sum(t == mask for t in state.tokens)
-            still_open = sum(t == mask for t in new_tokens)
-            request.spec_decode_metrics.observe(
-                num_draft_tokens=was_open, num_accepted=was_open - still_open
+            index = model_runner_output.req_id_to_index[req_id]
+            sampled = model_runner_output.sampled_token_ids[index]
+            rows = (
+                model_runner_output.logprobs.cu_num_generated_tokens[index]
+                if model_runner_output.logprobs is not None
+                else 0
             )
-            if state.num_logprobs is not None:
-                # The runner's rows follow its own output (re-masked slots'
-                # rows are replaced when those slots are decided).
-                self._keep_logprobs(state, proposed, model_runner_output, req_id)
-            state.tokens, state.step = list(new_tokens), state.step + 1
-            if step_stats is not None:
-                step_stats.num_drafts += 1
-                step_stats.num_draft_tokens += was_open
-            # The decided prefix is final output: append it (vLLM's stop
-            # checks run per token) and stream it unless held for the block.
-            block_final = not still_open
-            decided = decided_prefix(state.tokens, mask)
-            appended, done = self._update_request_with_output(
-                request, state.tokens[state.appended : decided]
-            )
-            state.appended += len(appended)
-            if step_stats is not None:
-                step_stats.num_accepted_tokens += len(appended)
-            if not done and still_open and state.step >= self.sdar.max_block_steps:
-                # Safety net (MASK is never proposed, so this needs a bug or
-                # non-finite logits): end the request instead of holding its
-                # KV forever.
-                self._mark_unconverged(request, state)
-                done = True
+            # One block per denoising step the runner ran for this request
+            # (several with steps_per_iteration > 1), replayed in order.
+            width = len(state.tokens)
+            done = block_final = False
+            for first in range(0, len(sampled), width):
+                done, block_final, rows = self._apply_step(
+                    request,
+                    state,
+                    plan,
+                    sampled[first : first + width],
+                    model_runner_output,
+                    rows,
+                    step_stats,
+                )
+                if done or block_final:
+                    break
             next_start = state.block_start + self.sdar.block_size
             if block_final and not done and next_start + self.sdar.block_size > self.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED

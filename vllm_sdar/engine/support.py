@@ -63,7 +63,7 @@ def _moe_on_cpu(vllm_config: Any) -> bool:
     return current_platform.is_cpu() and bool(getattr(hf_config, "num_experts", 0))
 
 
-def refuse_unsupported(vllm_config: Any, block_size: int) -> None:
+def refuse_unsupported(vllm_config: Any, block_size: int, steps_per_iteration: int = 1) -> None:
     """Raise SdarUnsupportedError for the first unsupported option set."""
     import vllm
 
@@ -118,6 +118,18 @@ def refuse_unsupported(vllm_config: Any, block_size: int) -> None:
             str(getattr(vllm_config.scheduler_config, "policy", "fcfs")) == "priority",
             "--scheduling-policy priority",
             "the SDAR scheduler admits and preempts first-come-first-served only",
+        ),
+        (
+            steps_per_iteration > 1 and parallel.tensor_parallel_size > 1,
+            "steps_per_iteration > 1 with --tensor-parallel-size > 1",
+            "the inner steps unmask on the driver rank, whose logits the other ranks do "
+            "not hold; each iteration is one step under tensor parallelism",
+        ),
+        (
+            steps_per_iteration > 1 and vllm_config.lora_config is not None,
+            "steps_per_iteration > 1 with --enable-lora",
+            "vLLM maps lm_head rows to adapters once per iteration, before the inner steps "
+            "choose their rows",
         ),
     ]
     for failed, option, why in checks:

@@ -1,0 +1,197 @@
+"""Several denoising steps per engine iteration (steps_per_iteration, issue 21).
+
+Every k must give the reference's tokens, finish reasons, forward counts and
+logprobs; and the engine must really run several forwards per iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vllm import LLM
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
+
+from .engine_helpers import (
+    assert_matches_reference,
+    denoise_forwards,
+    generate_ids,
+    params,
+    prompt_of,
+    record_preemptions,
+    reference_request,
+    scheduler_of,
+    sdar_llm,
+    tight_kv_llm,
+)
+
+pytestmark = pytest.mark.engine
+
+STRATEGIES = {
+    "low_confidence_static": {},
+    "low_confidence_dynamic": {"confidence_threshold": 0.25},
+    "sequential": {},
+    "entropy_bounded": {"eb_threshold": 7.0},
+}
+
+
+@pytest.fixture(scope="module", params=[2, "block"], ids=["k2", "kblock"])
+def k(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_dense: Path, k: Any) -> Iterator[LLM]:
+    with sdar_llm(tiny_dense, hf_overrides={"steps_per_iteration": k}) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dense: Path) -> ReferenceDecoder:
+    return ReferenceDecoder(tiny_dense)
+
+
+def _iterations(llm: LLM) -> list[int]:
+    """A counter of engine iterations that scheduled a forward."""
+    scheduler = scheduler_of(llm)
+    original = scheduler.schedule
+    count = [0]
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        count[0] += bool(out.total_num_scheduled_tokens)
+        return out
+
+    scheduler.schedule = spy
+    return count
+
+
+def test_mixed_batch_every_strategy_greedy_seeded_logprobs(llm: LLM, ref: ReferenceDecoder) -> None:
+    rng = random.Random(3)
+    prompts, ps = [], []
+    for i in range(12):
+        strategy = list(STRATEGIES)[i % 4]
+        prompts.append(prompt_of(rng.randrange(1, 30), salt=40 + i))
+        sampled = i % 3 == 2
+        ps.append(
+            params(
+                max_tokens=rng.randrange(1, 18),
+                remasking_strategy=strategy,
+                denoising_steps=rng.choice([2, 4]),
+                ignore_eos=True,
+                logprobs=2 if i % 5 == 0 else None,
+                **({"temperature": 0.8, "top_k": 40, "seed": 100 + i} if sampled else {}),
+                **STRATEGIES[strategy],
+            )
+        )
+    assert_matches_reference(llm, ref, prompts, ps)
+
+
+def test_iterations_run_several_forwards(llm: LLM, ref: ReferenceDecoder, k: Any) -> None:
+    prompt = prompt_of(8, salt=1)
+    p = params(max_tokens=12, remasking_strategy="sequential", ignore_eos=True)
+    scheduler = scheduler_of(llm)
+    original = scheduler.schedule
+    count = _iterations(llm)
+    try:
+        (out,) = assert_matches_reference(llm, ref, [prompt], [p])
+    finally:
+        scheduler.schedule = original
+    # sequential at B = 4: four forwards for each of the three blocks.
+    forwards = denoise_forwards(out)
+    assert forwards == 12
+    per_iteration = 2 if k == 2 else 4
+    # Each block's forwards run in whole iterations of k (a block never
+    # shares an iteration with the next one).
+    assert count[0] == forwards // per_iteration
+
+
+def test_early_finish_inside_a_block(llm: LLM, ref: ReferenceDecoder) -> None:
+    prompt = prompt_of(5)
+    sequential = params(max_tokens=16, remasking_strategy="sequential", ignore_eos=True)
+    free = ref.generate_one(prompt, reference_request(sequential))
+    stop = free.token_ids[6]
+    ps = [
+        params(max_tokens=16, stop_token_ids=[stop], remasking_strategy="sequential"),
+        params(max_tokens=6, remasking_strategy="sequential", ignore_eos=True),
+        params(max_tokens=16, min_tokens=10, stop_token_ids=[free.token_ids[1]]),
+    ]
+    outs = assert_matches_reference(llm, ref, [prompt] * 3, ps)
+    assert outs[0].finish_reason == "stop" and outs[1].finish_reason == "length"
+
+
+def test_structured_request_beside_unconstrained(llm: LLM, ref: ReferenceDecoder) -> None:
+    choices = ["alpha", "beta gamma"]
+    structured = params(max_tokens=8, structured_outputs=StructuredOutputsParams(choice=choices))
+    free = params(max_tokens=10, remasking_strategy="sequential", ignore_eos=True)
+    prompts = [prompt_of(5), prompt_of(9, salt=2)]
+    got = generate_ids(llm, prompts, [structured, free])
+    assert got[0].text in choices
+    request = dataclasses.replace(
+        reference_request(structured), structured=GrammarSpec(choice=tuple(choices))
+    )
+    assert list(got[0].token_ids) == ref.generate_one(prompts[0], request).token_ids
+    assert_matches_reference(llm, ref, prompts[1:], [free], got=got[1:])
+
+
+def test_streamed_deltas_add_up(llm: LLM) -> None:
+    p = params(max_tokens=14, remasking_strategy="sequential", ignore_eos=True)
+    (whole,) = generate_ids(llm, [prompt_of(7)], p)
+    delta = params(
+        max_tokens=14,
+        remasking_strategy="sequential",
+        ignore_eos=True,
+        output_kind=RequestOutputKind.DELTA,
+    )
+    engine = llm.llm_engine
+    engine.add_request("stream-0", {"prompt_token_ids": prompt_of(7)}, delta)
+    chunks: list[list[int]] = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.outputs[0].token_ids:
+                chunks.append(list(out.outputs[0].token_ids))
+    assert [t for c in chunks for t in c] == list(whole.token_ids)
+    assert len(chunks) > 1
+
+
+def test_preemption_chunked_prefill_and_recompute(tiny_dense: Path, ref: ReferenceDecoder) -> None:
+    """8 long requests over 6 KV pages, a 64-token step budget: prompt chunks
+    ride along in every inner forward (their KV rewrite is idempotent)."""
+    rng = random.Random(5)
+    prompts = [prompt_of(rng.randrange(60, 200), salt=i) for i in range(8)]
+    ps = [
+        params(
+            max_tokens=rng.randrange(40, 90), remasking_strategy=s, ignore_eos=True, **STRATEGIES[s]
+        )
+        for s in list(STRATEGIES) * 2
+    ]
+    with tight_kv_llm(tiny_dense, hf_overrides={"steps_per_iteration": "block"}) as engine:
+        preempted = record_preemptions(engine)
+        assert_matches_reference(engine, ref, prompts, ps)
+    assert preempted, "the tight KV cache should have forced a preemption"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps_per_iteration": 0}, "steps_per_iteration"),
+        ({"steps_per_iteration": "all"}, "steps_per_iteration"),
+    ],
+)
+def test_bad_value_refused_at_start(tiny_dense: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(Exception, match=message), sdar_llm(tiny_dense, hf_overrides=overrides):
+        pass
+
+
+def test_lora_refused_at_start(tiny_dense: Path) -> None:
+    with (
+        pytest.raises(Exception, match="steps_per_iteration > 1 with --enable-lora"),
+        sdar_llm(tiny_dense, hf_overrides={"steps_per_iteration": 2}, enable_lora=True),
+    ):
+        pass

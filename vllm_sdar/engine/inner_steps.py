@@ -1,0 +1,163 @@
+"""Several denoising steps of the same blocks inside one engine iteration.
+
+The deployment option `steps_per_iteration` (k > 1, or "block") makes the
+runner repeat forward + unmasking up to k times inside one `execute_model`,
+with the positions, slot mapping and attention metadata of the scheduled
+step: only the open blocks' token ids change between forwards, written
+into the forward's own `input_ids` on the device. Everything else a step
+does is the k = 1 step's: the same `denoise_batch`, the step index
+advancing per forward (so the quota schedule and the seeded noise are the
+reference's), the open block's KV slots rewritten by each forward as
+between engine iterations, the committed prefix riding along (its KV
+rewrite is idempotent).
+
+A block leaves the loop when the scheduler's replay will stop it: final,
+out of `max_block_steps`, its decided prefix holding a finishing id or
+reaching `max_tokens`, or structured (its grammar lives in the scheduler,
+so it takes one step per iteration). The loop ends when no block is left
+or after k steps. The runner returns every block after each of its steps;
+the scheduler replays them through its per-step bookkeeping (streaming,
+stop checks, logprobs, metrics), so tokens and forward counts equal the
+k = 1 engine's and the reference's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vllm_sdar.algorithm.decoding import (
+    BlockStep,
+    decided_prefix,
+    denoise_batch,
+    pack_step,
+    step_noise,
+)
+from vllm_sdar.engine.plan import BlockPlan
+
+# (slots, ids [n, k + 1], values [n, k + 1], ranks [n]) of one request's step.
+StepLogprobs = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]
+
+
+def block_step(
+    plan: BlockPlan, tokens: list[int] | None = None, step: int | None = None
+) -> BlockStep:
+    """The unmasking inputs of one block: the plan's own step unless told."""
+    step = plan.step if step is None else step
+    return BlockStep(
+        tokens=plan.block_tokens if tokens is None else tokens,
+        step=step,
+        denoising=plan.denoising,
+        sampling=plan.sampling,
+        noise=None if plan.sampling.greedy else step_noise(plan.seed, plan.block_start, step),
+        output_rules=plan.output_rules,
+        first_output_pos=plan.first_output_pos,
+        context=plan.context,
+        num_logprobs=plan.num_logprobs,
+        grammar_mask=plan.grammar_mask,
+    )
+
+
+@dataclass
+class InnerBlock:
+    """One request's open block across the iteration's steps."""
+
+    row: int  # the request's index in the runner's output
+    plan: BlockPlan
+    positions: np.ndarray  # flat batch positions of the open slots
+    tokens: list[int]
+    step: int
+    after_steps: list[list[int]] = field(default_factory=list)
+    logprobs: list[StepLogprobs] = field(default_factory=list)
+    live: bool = True
+
+    def masked(self) -> list[int]:
+        mask = self.plan.mask_id
+        return [i for i, t in enumerate(self.tokens) if t == mask]
+
+    def advance(
+        self, tokens: list[int], logprobs: StepLogprobs | None, max_block_steps: int
+    ) -> None:
+        self.tokens, self.step = tokens, self.step + 1
+        self.after_steps.append(tokens)
+        if logprobs is not None:
+            self.logprobs.append(logprobs)
+        plan = self.plan
+        decided = decided_prefix(tokens, plan.mask_id)
+        self.live = not (
+            decided == len(tokens)
+            or self.step >= max_block_steps
+            or plan.grammar_mask is not None
+            or any(t in plan.finish_ids for t in tokens[:decided])
+            or (plan.max_tokens is not None and plan.first_output_pos + decided >= plan.max_tokens)
+        )
+
+    def sampled(self) -> list[int]:
+        """Every step's block, concatenated (the scheduler splits them)."""
+        return [t for block in self.after_steps for t in block]
+
+    def logprob_rows(self) -> StepLogprobs | None:
+        if not self.logprobs:
+            return None
+        slots = [s for lp in self.logprobs for s in lp[0]]
+        return (
+            slots,
+            np.concatenate([lp[1] for lp in self.logprobs]),
+            np.concatenate([lp[2] for lp in self.logprobs]),
+            np.concatenate([lp[3] for lp in self.logprobs]),
+        )
+
+
+class InnerSteps:
+    """The loop of one engine iteration (built by the runner's `_prepare_inputs`)."""
+
+    def __init__(
+        self, blocks: list[InnerBlock], max_steps: int, max_block_steps: int, logprobs_mode: str
+    ) -> None:
+        self.blocks = blocks
+        self.max_steps = max_steps
+        self.max_block_steps = max_block_steps
+        self.logprobs_mode = logprobs_mode
+        self.forwards = 0
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        forward: Callable[[], torch.Tensor],
+        compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Unmask after the forward already run, then forward again while
+        some block is live; returns the last forward's hidden states."""
+        device = hidden.device
+        self.forwards = 1
+        while True:
+            live = [b for b in self.blocks if b.live]
+            if not live:
+                return hidden
+            masked = [b.masked() for b in live]
+            rows = np.concatenate([b.positions[m] for b, m in zip(live, masked, strict=True)])
+            logits = compute_logits(hidden[torch.from_numpy(rows).to(device, non_blocking=True)])
+            pack = pack_step(
+                [block_step(b.plan, b.tokens, b.step) for b in live],
+                [len(m) for m in masked],
+                live[0].plan.mask_id,
+                logits.shape[-1],
+            )
+            result = denoise_batch(logits, pack, logprobs_mode=self.logprobs_mode, inplace=True)
+            for j, b in enumerate(live):
+                b.advance(result.tokens(j), result.logprob_arrays(j), self.max_block_steps)
+            live = [b for b in live if b.live]
+            if not live or self.forwards >= self.max_steps:
+                return hidden
+            # Only the still-live blocks' slots change the next forward.
+            positions = np.concatenate([b.positions for b in live])
+            ids = np.concatenate([np.asarray(b.tokens, dtype=np.int64) for b in live])
+            input_ids[torch.from_numpy(positions).to(device, non_blocking=True)] = torch.from_numpy(
+                ids
+            ).to(device=device, dtype=input_ids.dtype, non_blocking=True)
+            hidden = forward()
+            self.forwards += 1
