@@ -3,6 +3,7 @@
     python -m benchmarks.step_cost                   # addition pair b1/8/64, 0.6B shape b1/8
     python -m benchmarks.step_cost --before REV      # also the plugin as it was at REV
     python -m benchmarks.step_cost --quick           # smoke: sdar-addition, b2, 1 round
+    python -m benchmarks.step_cost --case qwen3-0.6b-shape:64   # one case of the full run
 
 Per model, engines over the same weights, each in a worker process of its
 own, timed interleaved round by round: "ar" (stock vLLM decoding the
@@ -73,9 +74,10 @@ FULL = [
     Case("sdar-addition", 64, 32, 6),
     Case("qwen3-0.6b-shape", 1, 8, 4, "low_confidence_static", with_before=False),
     Case("qwen3-0.6b-shape", 8, 8, 3, "low_confidence_static", with_before=False),
+    # ~10 s per step in fp32 on one thread: two rounds.
+    Case("qwen3-0.6b-shape", 64, 8, 2, "low_confidence_static", with_before=False),
 ]
 QUICK = [Case("sdar-addition", 2, 8, 1)]
-
 
 
 def export_tree(rev: str, dest: Path) -> Path:
@@ -162,7 +164,6 @@ class StageTimedEngine:
         shutdown(self.llm)
 
 
-
 def run_case(case: Case, before: dict[str, Path], tmp: Path) -> dict[str, Any]:
     model_dir = bench_model_dir(case.model)
     prompts = problem_prompts(model_dir, case.batch)
@@ -229,9 +230,18 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, quick="sdar-addition, batch 2, 1 round (smoke)")
     p.add_argument("--before", action="append", default=[], help="git revision (repeatable)")
+    p.add_argument(
+        "--case", action="append", default=[], help="MODEL:BATCH of the full run (repeatable)"
+    )
     args = p.parse_args(argv)
     env.configure()
     cases = QUICK if args.quick else FULL
+    if args.case:
+        cases = [c for c in FULL if f"{c.model}:{c.batch}" in args.case]
+        if len(cases) != len(args.case):
+            p.error(
+                f"--case must name cases of the full run: {[f'{c.model}:{c.batch}' for c in FULL]}"
+            )
     began = time.perf_counter()
     done = []
     with tempfile.TemporaryDirectory(prefix="sdar-bench-step-") as tmp:
@@ -246,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         "cases": done,
         "wall_s": round(time.perf_counter() - began, 1),
     }
-    name = stem("step-cost", args.quick)
+    # A partial run gets its own file (the full run's stays as it was).
+    study = "step-cost" + "".join(f"-{c.replace(':', '-b')}" for c in args.case)
+    name = stem(study, args.quick)
     publish(results, args.out, name, markdown(results))
     print(markdown(results))
     return 0

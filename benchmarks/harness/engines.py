@@ -37,6 +37,8 @@ class EngineSpec:
     # vLLM's default is to compile (on CPU: a Dynamo trace compiled by
     # Inductor); eager starts in seconds and is what the tests run.
     compiled: bool = False
+    # SDAR only: denoising forwards per engine iteration (1, k or "block").
+    steps_per_iteration: int | str = 1
 
     @property
     def label(self) -> str:
@@ -57,8 +59,13 @@ def start(model_dir: Path, spec: EngineSpec, ar_architecture: str) -> Any:
         seed=0,
     )
     if spec.kind == "sdar":
+        overrides: dict[str, Any] = {}
         if spec.block_size is not None:
-            kwargs["hf_overrides"] = {"block_size": spec.block_size}
+            overrides["block_size"] = spec.block_size
+        if spec.steps_per_iteration != 1:
+            overrides["steps_per_iteration"] = spec.steps_per_iteration
+        if overrides:
+            kwargs["hf_overrides"] = overrides
     elif spec.kind == "ar":
         kwargs["hf_overrides"] = {"architectures": [ar_architecture]}
     else:
