@@ -93,23 +93,32 @@ def test_mixed_batch_every_strategy_greedy_seeded_logprobs(llm: LLM, ref: Refere
     assert_matches_reference(llm, ref, prompts, ps)
 
 
-def test_iterations_run_several_forwards(llm: LLM, ref: ReferenceDecoder, k: Any) -> None:
-    prompt = prompt_of(8, salt=1)
-    p = params(max_tokens=12, remasking_strategy="sequential", ignore_eos=True)
+@pytest.mark.parametrize(
+    ("prompt_len", "max_tokens", "iterations"),
+    [
+        # 2 prompt slots share the first block: 2 + 4 + 4 forwards, and
+        # every iteration's open slots are at least half its tokens.
+        (2, 10, {2: 5, "block": 3}),
+        # 8 prompt tokens ride along with the first step: the loop stops
+        # after it (open slots 4 of 12 scheduled), the next iteration
+        # carries the block alone. Commit + block iterations go on (4 of 8).
+        (8, 12, {2: 3 + 2 + 2, "block": 2 + 1 + 1}),
+    ],
+)
+def test_iterations_run_several_forwards(
+    llm: LLM, ref: ReferenceDecoder, k: Any, prompt_len: int, max_tokens: int, iterations: dict
+) -> None:
+    p = params(max_tokens=max_tokens, remasking_strategy="sequential", ignore_eos=True)
     scheduler = scheduler_of(llm)
     original = scheduler.schedule
     count = _iterations(llm)
     try:
-        (out,) = assert_matches_reference(llm, ref, [prompt], [p])
+        (out,) = assert_matches_reference(llm, ref, [prompt_of(prompt_len, salt=1)], [p])
     finally:
         scheduler.schedule = original
-    # sequential at B = 4: four forwards for each of the three blocks.
-    forwards = denoise_forwards(out)
-    assert forwards == 12
-    per_iteration = 2 if k == 2 else 4
-    # Each block's forwards run in whole iterations of k (a block never
-    # shares an iteration with the next one).
-    assert count[0] == forwards // per_iteration
+    # sequential: one slot per forward.
+    assert denoise_forwards(out) == max_tokens
+    assert count[0] == iterations[k]
 
 
 def test_early_finish_inside_a_block(llm: LLM, ref: ReferenceDecoder) -> None:

@@ -35,6 +35,7 @@ def cpu_row_chunk(vocab: int) -> int:
     """
     return max(4, CPU_CHUNK_ELEMENTS // max(vocab, 1))
 
+
 Proposal = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 

@@ -14,11 +14,15 @@ rewrite is idempotent).
 A block leaves the loop when the scheduler's replay will stop it: final,
 out of `max_block_steps`, its decided prefix holding a finishing id or
 reaching `max_tokens`, or structured (its grammar lives in the scheduler,
-so it takes one step per iteration). The loop ends when no block is left
-or after k steps. The runner returns every block after each of its steps;
-the scheduler replays them through its per-step bookkeeping (streaming,
-stop checks, logprobs, metrics), so tokens and forward counts equal the
-k = 1 engine's and the reference's.
+so it takes one step per iteration). The loop ends when no block is left,
+after k steps, or when the live blocks' open slots are less than half of
+the iteration's scheduled tokens: an inner forward re-runs every scheduled
+position (committed blocks and prompt chunks ride along), so once most of
+them are ride-along a compute-bound forward costs more than the next
+iteration, which schedules only what is still open. The runner returns
+every block after each of its steps; the scheduler replays them through
+its per-step bookkeeping (streaming, stop checks, logprobs, metrics), so
+tokens and forward counts equal the k = 1 engine's and the reference's.
 """
 
 from __future__ import annotations
@@ -115,9 +119,15 @@ class InnerSteps:
     """The loop of one engine iteration (built by the runner's `_prepare_inputs`)."""
 
     def __init__(
-        self, blocks: list[InnerBlock], max_steps: int, max_block_steps: int, logprobs_mode: str
+        self,
+        blocks: list[InnerBlock],
+        max_steps: int,
+        max_block_steps: int,
+        logprobs_mode: str,
+        scheduled_tokens: int,
     ) -> None:
         self.blocks = blocks
+        self.scheduled_tokens = scheduled_tokens
         self.max_steps = max_steps
         self.max_block_steps = max_block_steps
         self.logprobs_mode = logprobs_mode
@@ -151,7 +161,8 @@ class InnerSteps:
             for j, b in enumerate(live):
                 b.advance(result.tokens(j), result.logprob_arrays(j), self.max_block_steps)
             live = [b for b in live if b.live]
-            if not live or self.forwards >= self.max_steps:
+            open_slots = sum(len(b.tokens) for b in live)
+            if self.forwards >= self.max_steps or 2 * open_slots < self.scheduled_tokens:
                 return hidden
             # Only the still-live blocks' slots change the next forward.
             positions = np.concatenate([b.positions for b in live])

@@ -109,6 +109,7 @@ class SdarRunnerMixin:
                 self._sdar_steps_per_iteration,
                 self._sdar_max_block_steps,
                 self.model_config.logprobs_mode,
+                int(num_scheduled_tokens[:num_reqs].sum()),
             )
         flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
         logits_indices = torch.from_numpy(flat.astype(np.int64)).to(self.device, non_blocking=True)
