@@ -68,6 +68,27 @@ def scheduler_of(llm: LLM) -> Any:
     return llm.llm_engine.engine_core.engine_core.scheduler
 
 
+@contextmanager
+def engine_steps(llm: LLM) -> Iterator[list[dict[str, int]]]:
+    """Record num_scheduled_tokens of every engine step (one model forward each
+    unless steps_per_iteration > 1)."""
+    scheduler = scheduler_of(llm)
+    original = scheduler.schedule
+    steps: list[dict[str, int]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        if out.total_num_scheduled_tokens:
+            steps.append(dict(out.num_scheduled_tokens))
+        return out
+
+    scheduler.schedule = spy
+    try:
+        yield steps
+    finally:
+        scheduler.schedule = original
+
+
 def record_preemptions(
     llm: LLM, which: Callable[[Any, Any], bool] = lambda scheduler, request: True
 ) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from vllm_sdar.algorithm.reference import ReferenceDecoder
 from .engine_helpers import (
     assert_matches_reference,
     denoise_forwards,
+    engine_steps,
     generate_ids,
     params,
     prompt_of,
@@ -49,26 +49,6 @@ def llm(tiny_dense: Path) -> Iterator[LLM]:
 @pytest.fixture(scope="module")
 def ref(tiny_dense: Path) -> ReferenceDecoder:
     return ReferenceDecoder(tiny_dense)
-
-
-@contextmanager
-def engine_steps(llm: LLM) -> Iterator[list[dict[str, int]]]:
-    """Record num_scheduled_tokens of every engine step (one model forward each)."""
-    scheduler = scheduler_of(llm)
-    original = scheduler.schedule
-    steps: list[dict[str, int]] = []
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        if out.total_num_scheduled_tokens:
-            steps.append(dict(out.num_scheduled_tokens))
-        return out
-
-    scheduler.schedule = spy
-    try:
-        yield steps
-    finally:
-        scheduler.schedule = original
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGY_OPTIONS))

@@ -21,12 +21,12 @@ from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
 from .engine_helpers import (
     assert_matches_reference,
     denoise_forwards,
+    engine_steps,
     generate_ids,
     params,
     prompt_of,
     record_preemptions,
     reference_request,
-    scheduler_of,
     sdar_llm,
     tight_kv_llm,
 )
@@ -57,42 +57,6 @@ def ref(tiny_dense: Path) -> ReferenceDecoder:
     return ReferenceDecoder(tiny_dense)
 
 
-def _iterations(llm: LLM) -> list[int]:
-    """A counter of engine iterations that scheduled a forward."""
-    scheduler = scheduler_of(llm)
-    original = scheduler.schedule
-    count = [0]
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        count[0] += bool(out.total_num_scheduled_tokens)
-        return out
-
-    scheduler.schedule = spy
-    return count
-
-
-def test_mixed_batch_every_strategy_greedy_seeded_logprobs(llm: LLM, ref: ReferenceDecoder) -> None:
-    rng = random.Random(3)
-    prompts, ps = [], []
-    for i in range(12):
-        strategy = list(STRATEGIES)[i % 4]
-        prompts.append(prompt_of(rng.randrange(1, 30), salt=40 + i))
-        sampled = i % 3 == 2
-        ps.append(
-            params(
-                max_tokens=rng.randrange(1, 18),
-                remasking_strategy=strategy,
-                denoising_steps=rng.choice([2, 4]),
-                ignore_eos=True,
-                logprobs=2 if i % 5 == 0 else None,
-                **({"temperature": 0.8, "top_k": 40, "seed": 100 + i} if sampled else {}),
-                **STRATEGIES[strategy],
-            )
-        )
-    assert_matches_reference(llm, ref, prompts, ps)
-
-
 @pytest.mark.parametrize(
     ("prompt_len", "max_tokens", "iterations"),
     [
@@ -109,16 +73,11 @@ def test_iterations_run_several_forwards(
     llm: LLM, ref: ReferenceDecoder, k: Any, prompt_len: int, max_tokens: int, iterations: dict
 ) -> None:
     p = params(max_tokens=max_tokens, remasking_strategy="sequential", ignore_eos=True)
-    scheduler = scheduler_of(llm)
-    original = scheduler.schedule
-    count = _iterations(llm)
-    try:
+    with engine_steps(llm) as steps:
         (out,) = assert_matches_reference(llm, ref, [prompt_of(prompt_len, salt=1)], [p])
-    finally:
-        scheduler.schedule = original
     # sequential: one slot per forward.
     assert denoise_forwards(out) == max_tokens
-    assert count[0] == iterations[k]
+    assert len(steps) == iterations[k]
 
 
 def test_early_finish_inside_a_block(llm: LLM, ref: ReferenceDecoder) -> None:
