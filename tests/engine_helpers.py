@@ -69,17 +69,20 @@ def scheduler_of(llm: LLM) -> Any:
 
 
 @contextmanager
-def engine_steps(llm: LLM) -> Iterator[list[dict[str, int]]]:
-    """Record num_scheduled_tokens of every engine step (one model forward each
-    unless steps_per_iteration > 1)."""
+def engine_steps(llm: LLM, record: Callable[[Any, Any], Any] | None = None) -> Iterator[list[Any]]:
+    """Record every engine step that schedules work (one model forward each
+    unless steps_per_iteration > 1): its num_scheduled_tokens, or what
+    `record(scheduler, scheduler_output)` returns."""
     scheduler = scheduler_of(llm)
     original = scheduler.schedule
-    steps: list[dict[str, int]] = []
+    steps: list[Any] = []
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
         if out.total_num_scheduled_tokens:
-            steps.append(dict(out.num_scheduled_tokens))
+            steps.append(
+                dict(out.num_scheduled_tokens) if record is None else record(scheduler, out)
+            )
         return out
 
     scheduler.schedule = spy

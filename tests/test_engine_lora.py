@@ -11,7 +11,6 @@ where every lm_head row matters (the row -> adapter mapping of engine/lora.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from vllm.lora.request import LoRARequest
 from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.convert.lora import DEFAULT_TARGETS, merge_adapter, random_adapter
 
-from .engine_helpers import assert_matches_reference, params, prompt_of, scheduler_of, sdar_llm
+from .engine_helpers import assert_matches_reference, engine_steps, params, prompt_of, sdar_llm
 
 pytestmark = pytest.mark.engine
 
@@ -68,27 +67,13 @@ def run(llm: LLM, prompts: list[list[int]], ps: Any, lora: Any = None) -> list[A
     return [o.outputs[0] for o in outs]
 
 
-@contextmanager
-def scheduled_adapters(llm: LLM) -> Iterator[list[set[int]]]:
-    """The adapter ids of every engine step's scheduled requests (0: base model)."""
-    scheduler = scheduler_of(llm)
-    original = scheduler.schedule
-    steps: list[set[int]] = []
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        ids = set()
-        for req_id in out.num_scheduled_tokens:
-            lora = scheduler.requests[req_id].lora_request
-            ids.add(lora.lora_int_id if lora is not None else 0)
-        steps.append(ids)
-        return out
-
-    scheduler.schedule = spy
-    try:
-        yield steps
-    finally:
-        scheduler.schedule = original
+def scheduled_adapters(scheduler: Any, out: Any) -> set[int]:
+    """The adapter ids of one step's scheduled requests (0: base model)."""
+    ids = set()
+    for req_id in out.num_scheduled_tokens:
+        lora = scheduler.requests[req_id].lora_request
+        ids.add(lora.lora_int_id if lora is not None else 0)
+    return ids
 
 
 @pytest.mark.parametrize("name", ["full", "attn"])
@@ -127,7 +112,7 @@ def test_mixed_batch_gives_each_request_its_solo_output(
     ps = params(max_tokens=9, confidence_threshold=0.25)
     lora_of = [None if name is None else loras[name] for name in plan]
     solo = [run(llm, [p], ps, lora)[0].token_ids for p, lora in zip(prompts, lora_of)]
-    with scheduled_adapters(llm) as steps:
+    with engine_steps(llm, scheduled_adapters) as steps:
         together = run(llm, prompts, ps, lora_of)
     assert [o.token_ids for o in together] == solo
     assert max(len(ids - {0}) for ids in steps) == MAX_LORAS
