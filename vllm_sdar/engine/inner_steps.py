@@ -140,14 +140,14 @@ class InnerSteps:
         forward: Callable[[], torch.Tensor],
         compute_logits: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """Unmask after the forward already run, then forward again while
-        some block is live; returns the last forward's hidden states."""
+        """Unmask after the forward already run (every block starts live),
+        then forward again while the rule above allows; returns the last
+        forward's hidden states. An empty live set always stops: its open
+        slots (0) are under half of any scheduled tokens."""
         device = hidden.device
         self.forwards = 1
+        live = list(self.blocks)
         while True:
-            live = [b for b in self.blocks if b.live]
-            if not live:
-                return hidden
             masked = [b.masked() for b in live]
             rows = np.concatenate([b.positions[m] for b, m in zip(live, masked, strict=True)])
             logits = compute_logits(hidden[torch.from_numpy(rows).to(device, non_blocking=True)])

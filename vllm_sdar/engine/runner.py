@@ -29,11 +29,7 @@ from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_sdar.algorithm.config import (
-    resolve_block_size,
-    resolve_max_block_steps,
-    resolve_steps_per_iteration,
-)
+from vllm_sdar.algorithm.config import SdarDeployment
 from vllm_sdar.algorithm.decoding import denoise_batch, pack_step
 from vllm_sdar.engine.attention import make_block_causal
 from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps, StepLogprobs, block_step
@@ -55,12 +51,11 @@ class SdarRunnerMixin:
 
     def initialize_metadata_builders(self, kv_cache_config: Any, kernel_block_sizes: Any) -> None:
         super().initialize_metadata_builders(kv_cache_config, kernel_block_sizes)
-        hf_config = self.model_config.hf_config
-        block_size = resolve_block_size(hf_config)
-        self._sdar_max_block_steps = resolve_max_block_steps(hf_config, block_size)
-        self._sdar_steps_per_iteration = resolve_steps_per_iteration(
-            hf_config, self._sdar_max_block_steps
-        )
+        # The config hook resolved block size and mask id into hf_config.
+        deployment = SdarDeployment.from_hf_config(self.model_config.hf_config)
+        block_size = deployment.block_size
+        self._sdar_max_block_steps = deployment.max_block_steps
+        self._sdar_steps_per_iteration = deployment.steps_per_iteration
         for groups in self.attn_groups:
             for group in groups:
                 # The platform's own choice too (FlashInfer on some GPUs).

@@ -136,11 +136,7 @@ class SdarScheduler(Scheduler):
             ),
             rules=rules if rules.changes_logits or rules.min_p else None,
             num_logprobs=params.logprobs,
-            finish_ids=frozenset(
-                [*(params.stop_token_ids or ()), params.eos_token_id]
-                if params.eos_token_id is not None
-                else params.stop_token_ids or ()
-            ),
+            finish_ids=frozenset({*(params.stop_token_ids or ()), params.eos_token_id} - {None}),
         )
         # Each denoising forward is reported like a speculative "verify step":
         # drafted = open slots predicted, accepted = slots unmasked.
