@@ -49,6 +49,24 @@ def split_spans(
     return q, k, req
 
 
+_PER_REQUEST_FIELDS = (
+    "is_prefilling",
+    "req_idx",
+    "encoder_seq_lens",
+    "encoder_seq_lens_cpu",
+    "dcp_local_seq_lens",
+    "dcp_local_seq_lens_cpu_upper_bound",
+    "logits_indices_padded",
+    "num_logits_indices",
+    "max_logits_per_req",
+    "mm_req_doc_ranges",
+    "rswa_prefix_lens",
+    "replayssm_decode_base_cpu",
+    "_num_computed_tokens_cache",
+    "_token_to_req_indices_cache",
+)
+
+
 def block_causal_metadata(cm: Any, block_size: int) -> Any:
     """A CommonAttentionMetadata whose requests are whole-or-partial blocks."""
     qsl_cpu = cm.query_start_loc_cpu[: cm.num_reqs + 1].numpy()
@@ -59,6 +77,10 @@ def block_causal_metadata(cm: Any, block_size: int) -> Any:
     new_qsl_cpu = torch.from_numpy(np.concatenate([[0], np.cumsum(q)]).astype(np.int32))
     new_seq_cpu = torch.from_numpy(k.astype(np.int32))
     rows = torch.from_numpy(req).to(cm.block_table_tensor.device)
+    fields = {f.name for f in dataclasses.fields(cm)}
+    # Per-request fields of the original batch no longer line up; each
+    # version has its own set (0.34 dropped replayssm_decode_base_cpu).
+    dropped = {name: None for name in _PER_REQUEST_FIELDS if name in fields}
     return dataclasses.replace(
         cm,
         query_start_loc=new_qsl_cpu.to(device, non_blocking=True),
@@ -70,21 +92,7 @@ def block_causal_metadata(cm: Any, block_size: int) -> Any:
         max_seq_len=int(k.max(initial=0)),
         block_table_tensor=cm.block_table_tensor[rows],
         causal=False,
-        # Per-request fields of the original batch no longer line up.
-        is_prefilling=None,
-        req_idx=None,
-        encoder_seq_lens=None,
-        encoder_seq_lens_cpu=None,
-        dcp_local_seq_lens=None,
-        dcp_local_seq_lens_cpu_upper_bound=None,
-        logits_indices_padded=None,
-        num_logits_indices=None,
-        max_logits_per_req=None,
-        mm_req_doc_ranges=None,
-        rswa_prefix_lens=None,
-        replayssm_decode_base_cpu=None,
-        _num_computed_tokens_cache=None,
-        _token_to_req_indices_cache=None,
+        **dropped,
     )
 
 

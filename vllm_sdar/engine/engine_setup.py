@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 from vllm_sdar.algorithm.config import ARCHITECTURES, SdarDeployment
+from vllm_sdar.engine.vllm_compat import uses_model_runner_v2
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
@@ -22,7 +22,10 @@ logger = logging.getLogger("vllm." + __name__)
 SCHEDULER = "vllm_sdar.engine.scheduler.SdarScheduler"
 CPU_WORKER = "vllm_sdar.engine.worker.SdarCPUWorker"
 GPU_WORKER = "vllm_sdar.engine.worker.SdarGPUWorker"
-VALIDATOR = "vllm_sdar.serving.validation:SdarRequestValidator"
+# The front end validates requests through the logits-processor interface
+# of the runner vLLM runs.
+VALIDATOR_V1 = "vllm_sdar.serving.validator_v1:SdarRequestValidator"
+VALIDATOR_V2 = "vllm_sdar.serving.validator_v2:SdarRequestValidatorV2"
 CPU_PAGE = 128  # vLLM's CPU default KV page
 GPU_PAGE = 16  # vLLM's CUDA default KV page
 
@@ -65,7 +68,10 @@ def configure(vllm_config: Any) -> SdarDeployment:
     hf_config.mask_token_id = deployment.mask_id
     set_deployment(deployment)
 
-    refuse_unsupported(vllm_config, deployment.block_size, deployment.steps_per_iteration)
+    runner_v2 = uses_model_runner_v2(vllm_config)
+    refuse_unsupported(
+        vllm_config, deployment.block_size, deployment.steps_per_iteration, runner_v2
+    )
 
     scheduler_config = vllm_config.scheduler_config
     if scheduler_config.scheduler_cls is None:
@@ -92,9 +98,8 @@ def configure(vllm_config: Any) -> SdarDeployment:
             "(its CPU communicator lacks all_gatherv); use tensor parallelism"
         )
     if not on_cpu:
-        # The SDAR runner extends the V1 runner; full CUDA graphs would
-        # replay attention metadata captured for a different request split.
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        # Full CUDA graphs would replay attention metadata captured for a
+        # different block-causal split (and, on MRV2, other logits rows).
         from vllm.config import CUDAGraphMode
 
         vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
@@ -126,16 +131,19 @@ def configure(vllm_config: Any) -> SdarDeployment:
         )
         model_config.max_model_len = whole_blocks
 
-    processors = list(model_config.logits_processors or [])
-    if VALIDATOR not in processors:
-        model_config.logits_processors = processors + [VALIDATOR]
+    validator = VALIDATOR_V2 if runner_v2 else VALIDATOR_V1
+    processors = [
+        p for p in model_config.logits_processors or [] if p not in (VALIDATOR_V1, VALIDATOR_V2)
+    ]
+    model_config.logits_processors = processors + [validator]
     logger.info(
         "SDAR: block size %d, mask id %d, default strategy %s, %d denoising step(s) per "
-        "engine iteration",
+        "engine iteration, %s",
         B,
         deployment.mask_id,
         deployment.defaults.remasking_strategy,
         deployment.steps_per_iteration,
+        "Model Runner V2" if runner_v2 else "the V1 model runner",
     )
     return deployment
 

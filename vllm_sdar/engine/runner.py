@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
+from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.algorithm.config import SdarDeployment
-from vllm_sdar.algorithm.decoding import denoise_batch, pack_step
 from vllm_sdar.engine.attention import make_block_causal
-from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps, StepLogprobs, block_step
+from vllm_sdar.engine.batch_step import BatchStep, logprobs_lists
+from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps, StepLogprobs
 from vllm_sdar.engine.lora import SdarLoraRunnerMixin
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.support import check_attention_backend
@@ -41,7 +41,7 @@ from vllm_sdar.engine.support import check_attention_backend
 class SdarRunnerMixin:
     """Mixed into a V1 GPUModelRunner subclass (CPU or GPU)."""
 
-    _sdar_rows: list[tuple[str, int]]
+    _sdar_step: BatchStep
     # steps_per_iteration > 1 (inner_steps.py): the loop built for this
     # iteration, then the loop that ran, read by sample_tokens.
     _sdar_steps_per_iteration = 1
@@ -68,6 +68,7 @@ class SdarRunnerMixin:
     ) -> tuple[torch.Tensor, Any, int]:
         plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR, {})
         batch = self.input_batch
+        # V1 feeds ids from its per-request token rows: put the plan's there.
         for req_id, plan in plans.items():
             row = batch.req_id_to_index[req_id]
             end = plan.first_pos + len(plan.token_ids)
@@ -76,38 +77,30 @@ class SdarRunnerMixin:
             scheduler_output, num_scheduled_tokens
         )
         num_reqs = batch.num_reqs
-        ends = self.query_start_loc.np[1 : num_reqs + 1]
-        self._sdar_rows = []
+        step = BatchStep.build(
+            plans, batch.req_ids[:num_reqs], self.query_start_loc.np[1 : num_reqs + 1]
+        )
+        self._sdar_step = step
         self._sdar_inner = None
-        indices = []
-        inner: list[InnerBlock] = []
-        multi_step = self._sdar_steps_per_iteration > 1
-        for row, req_id in enumerate(batch.req_ids[:num_reqs]):
-            plan = plans.get(req_id)
-            # Logits (and lm_head rows) only where a MASK is still open.
-            if plan is None or not plan.num_logits:
-                self._sdar_rows.append((req_id, 0))
-                continue
-            slots = np.asarray(plan.masked_slots, dtype=np.int64)
-            self._sdar_rows.append((req_id, len(slots)))
-            first = ends[row] - plan.num_logits
-            if multi_step:
-                # The loop takes its own logits after each forward; the
-                # stock path then computes none.
-                positions = np.arange(first, first + plan.num_logits, dtype=np.int64)
-                inner.append(InnerBlock(row, plan, positions, plan.block_tokens, plan.step))
-            else:
-                indices.append(first + slots)
-        if inner:
-            self._sdar_inner = InnerSteps(
-                inner,
-                self._sdar_steps_per_iteration,
-                self._sdar_max_block_steps,
-                self.model_config.logprobs_mode,
-                int(num_scheduled_tokens[:num_reqs].sum()),
-            )
-        flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-        logits_indices = torch.from_numpy(flat.astype(np.int64)).to(self.device, non_blocking=True)
+        flat = step.logits_indices()
+        if self._sdar_steps_per_iteration > 1:
+            # The loop takes its own logits after each forward; the stock
+            # path then computes none.
+            flat = flat[:0]
+            inner = [
+                InnerBlock(i, plan, step.open_block_rows(i), plan.block_tokens, plan.step)
+                for i, plan in enumerate(step.plans)
+                if plan is not None and step.num_logits[i]
+            ]
+            if inner:
+                self._sdar_inner = InnerSteps(
+                    inner,
+                    self._sdar_steps_per_iteration,
+                    self._sdar_max_block_steps,
+                    self.model_config.logprobs_mode,
+                    int(num_scheduled_tokens[:num_reqs].sum()),
+                )
+        logits_indices = torch.from_numpy(flat).to(self.device, non_blocking=True)
         return logits_indices, spec_metadata, max_sampled
 
     def _model_forward(
@@ -144,80 +137,26 @@ class SdarRunnerMixin:
         if state is None:
             return ModelRunnerOutput.with_kv_conn_output_only(kv_output)
         self.execute_model_state = None
-        sampled: list[list[int]] = [[] for _ in self._sdar_rows]
-        logprobs = None
+        step = self._sdar_step
         ran, self._sdar_ran = self._sdar_ran, None
         if ran is not None:
-            per_block: list[StepLogprobs | None] = [None] * len(self._sdar_rows)
+            sampled: list[list[int]] = [[] for _ in step.req_ids]
+            per_block: list[StepLogprobs | None] = [None] * len(step.req_ids)
             for b in ran.blocks:
                 sampled[b.row] = b.sampled()
                 per_block[b.row] = b.logprob_rows()
-            return self._output(sampled, _logprobs_lists(per_block), kv_output)
-        plans: dict[str, BlockPlan] = getattr(state.scheduler_output, PLANS_ATTR, {})
-        logits = state.logits
-        # Under tensor parallelism only the driver rank holds the gathered
-        # logits; the others return nothing, and only the driver's output
-        # reaches the scheduler.
-        active = [] if logits is None else [i for i, (_, n) in enumerate(self._sdar_rows) if n]
-        if active:
-            blocks = [block_step(plans[self._sdar_rows[i][0]]) for i in active]
-            counts = [self._sdar_rows[i][1] for i in active]
-            pack = pack_step(
-                blocks, counts, plans[self._sdar_rows[active[0]][0]].mask_id, logits.shape[-1]
-            )
-            # One batched step for every request; the logits are this
-            # step's own tensor, so the forbidden tokens go in in place.
-            result = denoise_batch(
-                logits, pack, logprobs_mode=self.model_config.logprobs_mode, inplace=True
-            )
-            per_request: list[tuple[Any, ...] | None] = [None] * len(self._sdar_rows)
-            for b, i in enumerate(active):
-                sampled[i] = result.tokens(b)
-                per_request[i] = result.logprob_arrays(b)
-            logprobs = _logprobs_lists(per_request)
-        return self._output(sampled, logprobs, kv_output)
-
-    def _output(
-        self, sampled: list[list[int]], logprobs: LogprobsLists | None, kv_output: Any
-    ) -> ModelRunnerOutput:
+            logprobs = logprobs_lists(per_block)
+        else:
+            # Under tensor parallelism only the driver rank holds the gathered
+            # logits (state.logits is None elsewhere).
+            sampled, logprobs = step.unmask(state.logits, self.model_config.logprobs_mode)
         return ModelRunnerOutput(
-            req_ids=[req_id for req_id, _ in self._sdar_rows],
-            req_id_to_index={req_id: i for i, (req_id, _) in enumerate(self._sdar_rows)},
+            req_ids=step.req_ids,
+            req_id_to_index={req_id: i for i, req_id in enumerate(step.req_ids)},
             sampled_token_ids=sampled,
             logprobs=logprobs,
             kv_connector_output=kv_output,
         )
-
-
-def _logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | None:
-    """Every request's unmasked-slot rows in one LogprobsLists.
-
-    Request i's rows are cu_num_generated_tokens[i]:[i + 1] (slots unmasked
-    this step, position order); columns are padded to the widest request
-    (-inf, id 0) and the scheduler cuts each request back to its own width.
-    """
-    if all(lp is None for lp in per_request):
-        return None
-    width = max(lp[1].shape[1] for lp in per_request if lp is not None)
-    cu, ids, vals, ranks = [0], [], [], []
-    for lp in per_request:
-        n = 0 if lp is None else len(lp[0])
-        cu.append(cu[-1] + n)
-        if not n:
-            continue
-        _, lp_ids, lp_vals, lp_ranks = lp
-        pad = width - lp_ids.shape[1]
-        ids.append(np.pad(lp_ids, ((0, 0), (0, pad))))
-        vals.append(np.pad(lp_vals, ((0, 0), (0, pad)), constant_values=-np.inf))
-        ranks.append(lp_ranks)
-    if not ids:
-        return LogprobsLists(
-            np.zeros((0, width), np.int64),
-            np.zeros((0, width), np.float32),
-            np.zeros(0, np.int64),
-            cu,
-        )
-    return LogprobsLists(np.concatenate(ids), np.concatenate(vals), np.concatenate(ranks), cu)
 
 
 # SdarLoraRunnerMixin first: it wraps SdarRunnerMixin._prepare_inputs to map

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.sched.utils import remove_all
 from vllm.v1.engine import EngineCoreEventType, EngineCoreOutput, EngineCoreOutputs
@@ -63,6 +63,12 @@ from vllm_sdar.algorithm.logit_rules import LogitRules
 from vllm_sdar.engine.lora import LoraAdmission
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.structured import StructuredOutputs, finish_grammar_errors, grammar_ready
+from vllm_sdar.engine.vllm_compat import (
+    cached_request_data,
+    new_request_data,
+    output_index,
+    uses_model_runner_v2,
+)
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
 # plain module logger has no handler and INFO would be dropped).
@@ -96,6 +102,7 @@ class SdarScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sdar = SdarDeployment.from_hf_config(self.vllm_config.model_config.hf_config)
+        self.runner_v2 = uses_model_runner_v2(self.vllm_config)
         self.blocks: dict[str, BlockState] = {}
         text_config = self.vllm_config.model_config.hf_config.get_text_config()
         self.lora = LoraAdmission(
@@ -301,15 +308,17 @@ class SdarScheduler(Scheduler):
         if skipped:
             self.waiting.prepend_requests(reversed(skipped))  # extendleft: keep FCFS order
 
+        if self.runner_v2:
+            # MRV2 dropped a preempted request's worker state: it comes back as new.
+            new_reqs += resumed_reqs
+            resumed_reqs = []
         output = SchedulerOutput(
             scheduled_new_reqs=[
-                NewRequestData.from_request(
-                    r, new_blocks[r.request_id].get_block_ids(), uses_mrope=False
-                )
+                new_request_data(r, new_blocks[r.request_id].get_block_ids(), self.runner_v2)
                 for r in new_reqs
             ],
-            scheduled_cached_reqs=self._make_cached_request_data(
-                running_reqs, resumed_reqs, num_scheduled, {}, new_blocks
+            scheduled_cached_reqs=cached_request_data(
+                self, running_reqs, resumed_reqs, num_scheduled, new_blocks
             ),
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=sum(num_scheduled.values()),
@@ -331,7 +340,8 @@ class SdarScheduler(Scheduler):
             else:
                 request.num_computed_tokens += num_scheduled[req_id]
             request.is_prefill_chunk = plan.num_logits == 0
-        self.prev_step_scheduled_req_ids = set(num_scheduled)
+        if hasattr(self, "prev_step_scheduled_req_ids"):  # V1's token cache (<= 0.33)
+            self.prev_step_scheduled_req_ids = set(num_scheduled)
         self.finished_req_ids = set()
         self.reset_preempted_req_ids = set()
         return output
@@ -462,12 +472,13 @@ class SdarScheduler(Scheduler):
         mask = self.sdar.mask_id
         # Per-step SDAR counters for /metrics (see vllm_sdar.serving.metrics).
         step_stats = SpecDecodingStats.new(self.sdar.block_size) if self.log_stats else None
+        rows_of = output_index(model_runner_output)
         for req_id, plan in plans.items():
             request = self.requests.get(req_id)
             if request is None or request.is_finished() or not plan.num_logits:
                 continue
             state = self.blocks[req_id]
-            index = model_runner_output.req_id_to_index[req_id]
+            index = rows_of[req_id]
             sampled = model_runner_output.sampled_token_ids[index]
             rows = (
                 model_runner_output.logprobs.cu_num_generated_tokens[index]

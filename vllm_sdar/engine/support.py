@@ -8,10 +8,9 @@ serving wrong tokens or failing mid-request.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-SUPPORTED_VLLM = "0.32."
+from vllm_sdar.engine.vllm_compat import SUPPORTED_MINORS
 
 
 class SdarUnsupportedError(ValueError):
@@ -23,10 +22,11 @@ class SdarUnsupportedError(ValueError):
 
 
 def check_vllm_version(version: str) -> None:
-    if not version.startswith(SUPPORTED_VLLM):
+    if ".".join(version.split(".")[:2]) not in SUPPORTED_MINORS:
         raise SdarUnsupportedError(
             f"vLLM {version}",
-            f"the plugin replaces vLLM {SUPPORTED_VLLM}x internals; install vllm==0.32.*",
+            f"the plugin touches vLLM internals checked on {', '.join(SUPPORTED_MINORS)} "
+            "(python -m vllm_sdar.tools.compat); install vllm>=0.32,<0.35",
         )
 
 
@@ -63,7 +63,19 @@ def _moe_on_cpu(vllm_config: Any) -> bool:
     return current_platform.is_cpu() and bool(getattr(hf_config, "num_experts", 0))
 
 
-def refuse_unsupported(vllm_config: Any, block_size: int, steps_per_iteration: int = 1) -> None:
+def _lora_maps_logits_rows() -> bool:
+    """Whether MRV2 maps lm_head rows to LoRA adapters per logits row (0.34:
+    `LoraState.make_lora_inputs` takes the rows) or per request (0.32, 0.33)."""
+    import inspect
+
+    from vllm.v1.worker.gpu.lora_utils import LoraState
+
+    return len(inspect.signature(LoraState.make_lora_inputs).parameters) > 4
+
+
+def refuse_unsupported(
+    vllm_config: Any, block_size: int, steps_per_iteration: int = 1, runner_v2: bool = False
+) -> None:
     """Raise SdarUnsupportedError for the first unsupported option set."""
     import vllm
 
@@ -110,9 +122,23 @@ def refuse_unsupported(vllm_config: Any, block_size: int, steps_per_iteration: i
             "never implemented or tested",
         ),
         (
-            os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower() in ("1", "true"),
-            "VLLM_USE_V2_MODEL_RUNNER=1",
-            "the SDAR runner extends vLLM's V1 model runner",
+            runner_v2 and steps_per_iteration > 1,
+            "steps_per_iteration > 1 on Model Runner V2",
+            "the inner denoising steps re-run the forward inside the V1 runner's "
+            "_model_forward; MRV2 runs one denoising step per engine iteration",
+        ),
+        (
+            runner_v2 and vllm_config.lora_config is not None and not _lora_maps_logits_rows(),
+            "--enable-lora on Model Runner V2 with this vLLM",
+            "vLLM < 0.34's MRV2 maps lm_head rows to adapters one per request, and an SDAR "
+            "step takes one row per masked slot; use the V1 runner "
+            "(VLLM_USE_V2_MODEL_RUNNER=0) or vLLM 0.34",
+        ),
+        (
+            runner_v2
+            and bool(getattr(vllm_config.parallel_config, "enable_batch_sharded_sampling", False)),
+            "--enable-batch-sharded-sampling",
+            "each SDAR step unmasks every block on every rank",
         ),
         (
             str(getattr(vllm_config.scheduler_config, "policy", "fcfs")) == "priority",

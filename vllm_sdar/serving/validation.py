@@ -3,19 +3,19 @@
 vLLM runs every configured logits processor's `validate_params` on each
 request in the front end (`InputProcessor`): offline `generate()` raises
 the error (here an `SdarOptionError`, a ValueError naming the parameter),
-the OpenAI server answers HTTP 400. The plugin adds `SdarRequestValidator`
-to the model's logits processors for SDAR models; it never touches logits
-(the SDAR runner does not run vLLM's sampler).
+the OpenAI server answers HTTP 400. The plugin adds a validator to the
+model's logits processors for SDAR models, in the interface of the runner
+vLLM runs (`validator_v1.py`, `validator_v2.py`); it never touches logits
+(SDAR's step does not run vLLM's sampler).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from vllm_sdar.algorithm.config import SdarDeployment, SdarOptions
 
@@ -44,33 +44,60 @@ def current_deployment() -> SdarDeployment | None:
     return _deployment
 
 
-def install_validation_error_passthrough() -> None:
-    """Let an SdarOptionError leave the validate_params hook unchanged.
+def _passthrough(validate: Any) -> Any:
+    """`validate` with an SdarOptionError let out unchanged.
 
     vLLM re-wraps any ValueError raised by a logits processor's
-    `validate_params` into a bare VLLMValidationError (for legacy
-    processors), which would drop the ValueError class and `.parameter`.
-    This re-raises the original when it already was a VLLMValidationError.
-    Patch 12 in patches/README.md. The front end binds the function when
-    its InputProcessor is built, after plugins load, so the module
-    attribute is the one place to wrap. Idempotent.
+    `validate_params` into a bare VLLMValidationError, which would drop the
+    ValueError class and `.parameter`; this re-raises the original when it
+    already was a VLLMValidationError.
     """
-    from vllm.v1.sample import logits_processor
+    if getattr(validate, "_sdar_passthrough", False):
+        return validate
 
-    original = logits_processor.validate_logits_processors_parameters
-    if getattr(original, "_sdar_passthrough", False):
-        return
-
-    def validate(logits_processors: Any, sampling_params: SamplingParams) -> None:
+    @functools.wraps(validate)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            original(logits_processors, sampling_params)
+            validate(*args, **kwargs)
         except VLLMValidationError as err:
             if isinstance(err.__cause__, VLLMValidationError):
                 raise err.__cause__ from None
             raise
 
-    validate._sdar_passthrough = True  # type: ignore[attr-defined]
-    logits_processor.validate_logits_processors_parameters = validate
+    wrapper._sdar_passthrough = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def install_validation_error_passthrough() -> None:
+    """Let an SdarOptionError leave the validate_params hook unchanged, on
+    whichever runner's path the front end takes (patch 12 in
+    patches/README.md). The front end looks the functions up when its
+    InputProcessor is built, after plugins load, so the module attributes
+    are the one place to wrap. Idempotent.
+
+    - V1 runner (vLLM <= 0.33): `validate_logits_processors_parameters`;
+    - Model Runner V2: the validator `build_custom_logits_processors_params_validator`
+      returns.
+    """
+    try:  # the V1 package is gone from vLLM 0.34
+        from vllm.v1.sample import logits_processor as v1
+    except ImportError:
+        v1 = None
+    if v1 is not None and hasattr(v1, "validate_logits_processors_parameters"):
+        v1.validate_logits_processors_parameters = _passthrough(
+            v1.validate_logits_processors_parameters
+        )
+    from vllm.v1.worker.gpu.sample import logits_processor as v2
+
+    build = v2.build_custom_logits_processors_params_validator
+    if not getattr(build, "_sdar_passthrough", False):
+
+        @functools.wraps(build)
+        def build_passthrough(*args: Any, **kwargs: Any) -> Any:
+            return _passthrough(build(*args, **kwargs))
+
+        build_passthrough._sdar_passthrough = True  # type: ignore[attr-defined]
+        v2.build_custom_logits_processors_params_validator = build_passthrough
 
 
 def _reject(parameter: str, message: str) -> None:
@@ -100,21 +127,3 @@ def validate_request(params: SamplingParams, deployment: SdarDeployment | None) 
             "logprob_token_ids", "logprob_token_ids are not supported with SDAR block diffusion"
         )
     return options
-
-
-class SdarRequestValidator(LogitsProcessor):
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate_request(sampling_params, _deployment)
-
-    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-        pass
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
-
-    def is_argmax_invariant(self) -> bool:
-        return True
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        pass
