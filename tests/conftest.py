@@ -52,3 +52,14 @@ def tiny_dense_b8() -> Path:
 @pytest.fixture(scope="session")
 def tiny_moe() -> Path:
     return _tiny("moe-b4", TinySpec(arch="moe", block_size=4, seed=2))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Model-Runner-V2-only tests leave the V1 pass (deselected, not skipped):
+    they run in scripts/test.sh's MRV2 pass (tests/mrv2.md)."""
+    if os.environ.get("VLLM_SDAR_TEST_MRV2") == "1":
+        return
+    keep = [i for i in items if i.get_closest_marker("mrv2_only") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep

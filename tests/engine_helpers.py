@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
     )
     kwargs.update(overrides)
     llm = LLM(**kwargs)
+    check_runner(llm)
     try:
         yield llm
     finally:
@@ -39,6 +41,26 @@ def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
+
+
+def on_model_runner_v2() -> bool:
+    """This test process runs engines on Model Runner V2 (tests/mrv2.md)."""
+    return os.environ.get("VLLM_SDAR_TEST_MRV2") == "1"
+
+
+def check_runner(llm: LLM) -> None:
+    """The engine runs the SDAR runner this pass asked for: a Model Runner V2
+    pass never falls back to V1 unnoticed (in-process engines only; an
+    engine in its own process logs its runner, see test_model_runner_v2)."""
+    core = getattr(llm.llm_engine.engine_core, "engine_core", None)
+    if core is None:
+        return
+    worker = getattr(core.model_executor, "driver_worker", None)
+    runner = getattr(getattr(worker, "worker", None), "model_runner", None)
+    if runner is None or not type(runner).__module__.startswith("vllm_sdar"):
+        return  # not an SDAR model (vLLM's own runner serves it)
+    want = "SdarCPUModelRunnerV2" if on_model_runner_v2() else "SdarCPUModelRunner"
+    assert type(runner).__name__ == want, (type(runner).__name__, want)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from .engine_helpers import (
     sdar_llm,
 )
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 B = 4
 STRATEGY_OPTIONS = {

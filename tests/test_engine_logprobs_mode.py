@@ -13,6 +13,7 @@ from .test_engine_sampling import PROMPTS, SEEDED
 
 
 @pytest.mark.engine
+@pytest.mark.mrv2
 def test_processed_logprobs_mode(tiny_dense: Path) -> None:
     """--logprobs-mode processed_logprobs: the distribution the token came from."""
     ref = ReferenceDecoder(tiny_dense, logprobs_mode="processed_logprobs")

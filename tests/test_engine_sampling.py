@@ -24,7 +24,7 @@ from .engine_helpers import (
     sdar_llm,
 )
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 PROMPTS = [prompt_of(n, salt=50 + n) for n in (3, 9)]
 SEEDED = {"temperature": 0.9, "seed": 1234}

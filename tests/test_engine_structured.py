@@ -39,7 +39,7 @@ from .engine_helpers import (
     sdar_llm,
 )
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 STRATEGY_OPTIONS = {
     "low_confidence_static": {},

@@ -26,7 +26,7 @@ from .engine_helpers import (
     tight_kv_llm,
 )
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 
 def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[Any]]:

@@ -12,7 +12,9 @@ TESTS = Path(__file__).resolve().parent
 STARTS_ENGINE = re.compile(
     r"\bsdar_llm\(|\bLLM\(|\bserve\(|\bcli\(\)|python -m benchmarks|python -m vllm"
 )
-MARKED = re.compile(r"^pytestmark = pytest\.mark\.engine$|^@pytest\.mark\.engine$", re.M)
+MARKED = re.compile(
+    r"^pytestmark = (\[.*)?pytest\.mark\.engine\b|^@pytest\.mark\.engine$", re.M
+)
 
 
 def test_engine_tests_are_marked() -> None:

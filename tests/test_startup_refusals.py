@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import vllm
 from vllm.engine.arg_utils import EngineArgs
+from vllm.triton_utils import HAS_TRITON
 
 from vllm_sdar.engine.support import check_attention_backend, check_vllm_version
 
@@ -67,15 +68,25 @@ def test_lora_refused_for_moe_on_cpu_only(tiny_dense: Path, tiny_moe: Path) -> N
     assert config.lora_config.max_loras == 2
 
 
-def test_forced_v2_model_runner_refused(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(
+    HAS_TRITON, reason="needs a vLLM without Triton; MRV2's own refusals: test_model_runner_v2.py"
+)
+def test_forced_v2_model_runner_without_triton_refused(
+    tiny_dense: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
-    assert "VLLM_USE_V2_MODEL_RUNNER=1" in _refusal(tiny_dense)
+    line = _refusal(tiny_dense)
+    assert "Model Runner V2 (VLLM_USE_V2_MODEL_RUNNER=1) without Triton" in line
 
 
-def test_other_vllm_version_refused(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vllm, "__version__", "0.33.0")
-    assert "vLLM 0.33.0" in _refusal(tiny_dense)
-    check_vllm_version("0.32.7")  # any 0.32.x patch release is accepted
+def test_vllm_versions_outside_0_32_to_0_34_refused(
+    tiny_dense: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for other in ("0.35.0", "0.31.2"):
+        monkeypatch.setattr(vllm, "__version__", other)
+        assert f"vLLM {other}" in _refusal(tiny_dense)
+    for accepted in ("0.32.7", "0.33.0", "0.34.1"):  # every patch release of 0.32-0.34
+        check_vllm_version(accepted)
 
 
 def test_attention_backend_must_take_non_causal_requests() -> None:

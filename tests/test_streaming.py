@@ -32,7 +32,7 @@ from .engine_helpers import (
 )
 from .test_engine_variants import mixed_workload
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 STRATEGIES = [
     {"remasking_strategy": "low_confidence_static"},

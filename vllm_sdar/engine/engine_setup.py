@@ -69,6 +69,8 @@ def configure(vllm_config: Any) -> SdarDeployment:
     set_deployment(deployment)
 
     runner_v2 = uses_model_runner_v2(vllm_config)
+    on_cpu = current_platform.is_cpu()
+    fit_kv_pages(vllm_config.cache_config, deployment.block_size, on_cpu)
     refuse_unsupported(
         vllm_config, deployment.block_size, deployment.steps_per_iteration, runner_v2
     )
@@ -86,7 +88,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
             f"size ({deployment.block_size})"
         )
 
-    on_cpu = current_platform.is_cpu()
     parallel_config = vllm_config.parallel_config
     if parallel_config.worker_cls == "auto":
         parallel_config.worker_cls = CPU_WORKER if on_cpu else GPU_WORKER
@@ -104,15 +105,7 @@ def configure(vllm_config: Any) -> SdarDeployment:
 
         vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
 
-    # KV pages must hold whole blocks: prefix-cache hits end on page
-    # boundaries and must end on block boundaries.
-    cache_config = vllm_config.cache_config
     B = deployment.block_size
-    if cache_config.block_size is None:
-        default_page = CPU_PAGE if on_cpu else GPU_PAGE
-        if default_page % B:
-            cache_config.block_size = math.lcm(default_page, B)
-
     # Positions past the last whole block could only hold a partial block,
     # which SDAR never decodes (the open block would run past the per-request
     # token buffers). Rounding down lets vLLM's own admission check reject a
@@ -146,6 +139,26 @@ def configure(vllm_config: Any) -> SdarDeployment:
         "Model Runner V2" if runner_v2 else "the V1 model runner",
     )
     return deployment
+
+
+def fit_kv_pages(cache_config: Any, block_size: int, on_cpu: bool) -> None:
+    """KV pages must hold whole SDAR blocks: prefix-cache hits end on page
+    boundaries and must end on block boundaries.
+
+    A page size the user chose is checked (support.py refuses a bad one); a
+    default one is the platform's: the CPU platform sets 128 after this hook
+    (every B of 4-64 divides it), the GPU keeps vLLM's default (16 in 0.32,
+    64 in 0.34), raised to a multiple of B and then kept as if chosen.
+    """
+    from vllm_sdar.engine.support import user_chose_page
+
+    if user_chose_page(cache_config):
+        return
+    page = CPU_PAGE if on_cpu else (cache_config.block_size or GPU_PAGE)
+    if page % block_size:
+        cache_config.block_size = math.lcm(page, block_size)
+        if hasattr(cache_config, "user_specified_block_size"):
+            cache_config.user_specified_block_size = True
 
 
 def register_config_hook() -> None:

@@ -63,6 +63,18 @@ def _moe_on_cpu(vllm_config: Any) -> bool:
     return current_platform.is_cpu() and bool(getattr(hf_config, "num_experts", 0))
 
 
+def user_chose_page(cache_config: Any) -> bool:
+    # vLLM fills its default page size before the config hook runs (0.32:
+    # 16) and records whether the user set one.
+    return bool(getattr(cache_config, "user_specified_block_size", cache_config.block_size))
+
+
+def _triton_missing() -> bool:
+    from vllm.triton_utils import HAS_TRITON
+
+    return not HAS_TRITON
+
+
 def _lora_maps_logits_rows() -> bool:
     """Whether MRV2 maps lm_head rows to LoRA adapters per logits row (0.34:
     `LoraState.make_lora_inputs` takes the rows) or per request (0.32, 0.33)."""
@@ -122,6 +134,13 @@ def refuse_unsupported(
             "never implemented or tested",
         ),
         (
+            runner_v2 and _triton_missing(),
+            "Model Runner V2 (VLLM_USE_V2_MODEL_RUNNER=1) without Triton",
+            "its input and bookkeeping kernels are Triton kernels and this Triton has no "
+            "backend for the device (on CPUs: triton-cpu); unset VLLM_USE_V2_MODEL_RUNNER "
+            "to use the V1 runner",
+        ),
+        (
             runner_v2 and steps_per_iteration > 1,
             "steps_per_iteration > 1 on Model Runner V2",
             "the inner denoising steps re-run the forward inside the V1 runner's "
@@ -165,7 +184,7 @@ def refuse_unsupported(
     if chosen is not None:
         check_attention_backend(*chosen)
     page = vllm_config.cache_config.block_size
-    if page is not None and page % block_size:
+    if user_chose_page(vllm_config.cache_config) and page % block_size:
         raise SdarUnsupportedError(
             f"--block-size {page}",
             f"KV cache pages must be a multiple of the SDAR block size {block_size}",
