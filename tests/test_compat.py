@@ -48,7 +48,7 @@ def test_patches_readme_shows_the_site_list() -> None:
     table = re.search(r"<!-- compat-sites:begin -->\n(.*?)\n<!-- compat-sites:end -->", text, re.S)
     assert table is not None
     want = compat.sites_markdown()
-    assert table.group(1) == want, "regenerate: python -m vllm_sdar.tools.compat --sites"
+    assert table.group(1) == want, "regenerate the table: vllm_sdar.tools.compat --sites"
 
 
 def _imports() -> set[str]:
