@@ -48,6 +48,22 @@ def _s(target: str, use: str, *params: str, versions: tuple[str, ...] = ALL) -> 
 SCHED = "vllm.v1.core.sched.scheduler:Scheduler"
 MRV2 = "vllm.v1.worker.gpu"
 SITES: tuple[Site, ...] = (
+    # vLLM's public API the plugin imports
+    *(
+        _s(name, "public API")
+        for name in (
+            "vllm:LLM",
+            "vllm:SamplingParams",
+            "vllm:ModelRegistry",
+            "vllm.platforms:current_platform",
+            "vllm.sampling_params:SamplingParams",
+            "vllm.sampling_params:RequestOutputKind",
+            "vllm.exceptions:VLLMValidationError",
+            "vllm.config:CUDAGraphMode",
+            "vllm.distributed.parallel_state:cleanup_dist_env_and_memory",
+            "vllm.lora.layers:LoRAMappingType",
+        )
+    ),
     # Registration and configuration (public extension points, 1)
     _s("vllm.model_executor.models.registry:_ModelRegistry.register_model", "registry"),
     _s("vllm.model_executor.models.config:MODELS_CONFIG_MAP", "1 config hook"),
