@@ -39,7 +39,7 @@ from .engine_helpers import (
     sdar_llm,
 )
 
-pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
+pytestmark = pytest.mark.engine
 
 STRATEGY_OPTIONS = {
     "low_confidence_static": {},
@@ -153,6 +153,7 @@ def ref(tiny_dense: Path) -> ReferenceDecoder:
     return ReferenceDecoder(tiny_dense)
 
 
+@pytest.mark.mrv2
 def test_every_kind_strategy_greedy_and_seeded_is_valid_and_equals_reference(
     llm: LLM, ref: ReferenceDecoder
 ) -> None:
@@ -165,6 +166,7 @@ def test_every_kind_strategy_greedy_and_seeded_is_valid_and_equals_reference(
         assert_valid(kind, out.text)
 
 
+@pytest.mark.mrv2
 def test_lark_json_object_structural_tag_and_logprobs(llm: LLM, ref: ReferenceDecoder) -> None:
     # A structural tag: what vLLM's tool parsers (hermes by default) constrain
     # tool calls with; here one finite tag.
@@ -208,6 +210,7 @@ def test_unconstrained_requests_are_unchanged_by_structured_neighbours(llm: LLM)
         assert_valid(kind, out.text)
 
 
+@pytest.mark.mrv2
 def test_prefix_cache_hits_with_structured_requests(llm: LLM, ref: ReferenceDecoder) -> None:
     shared = prompt_of(300, salt=31)  # > 2 KV pages
     prompts = [shared + prompt_of(n, salt=32) for n in (1, 4, 6)]

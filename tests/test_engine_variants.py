@@ -26,7 +26,7 @@ from .engine_helpers import (
     tight_kv_llm,
 )
 
-pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
+pytestmark = pytest.mark.engine
 
 
 def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int]], list[Any]]:
@@ -52,6 +52,7 @@ def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int
     return prompts, ps
 
 
+@pytest.mark.mrv2
 def test_block_size_8(tiny_dense_b8: Path) -> None:
     ref = ReferenceDecoder(tiny_dense_b8)
     assert ref.block_size == 8
@@ -87,6 +88,7 @@ def test_block_step_cap_ends_the_request(tiny_dense: Path) -> None:
         assert not scheduler.blocks and not scheduler.running
 
 
+@pytest.mark.mrv2
 def test_moe(tiny_moe: Path) -> None:
     ref = ReferenceDecoder(tiny_moe)
     prompts, ps = mixed_workload(4, n=8, seed=1)
@@ -104,6 +106,7 @@ def test_prefix_caching_off(tiny_dense: Path) -> None:
         assert_matches_reference(llm, ref, prompts, p)
 
 
+@pytest.mark.mrv2
 def test_preemption_and_chunked_prefill(tiny_dense: Path) -> None:
     """A KV cache of 6 pages for 8 long requests: preemption and recompute.
 
@@ -147,6 +150,7 @@ def test_context_end_inside_a_block(tiny_dense: Path) -> None:
         )
 
 
+@pytest.mark.mrv2
 def test_tensor_parallel_2(tiny_dense: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # vLLM's CPU backend binds each rank to a NUMA node by default; this
     # machine has one, so pin rank 0 and rank 1 to one core each.

@@ -32,7 +32,7 @@ from .engine_helpers import (
 )
 from .test_engine_variants import mixed_workload
 
-pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
+pytestmark = pytest.mark.engine
 
 STRATEGIES = [
     {"remasking_strategy": "low_confidence_static"},
@@ -119,6 +119,7 @@ def test_stream_equals_reference_b8(tiny_dense_b8: Path, seeded: bool) -> None:
         assert s.forwards == want.num_denoise_forwards
 
 
+@pytest.mark.mrv2
 def test_preemption_in_a_partly_streamed_block(tiny_dense: Path, ref: ReferenceDecoder) -> None:
     """A KV cache too small for the batch: requests are preempted while
     their open block has streamed slots; they resume with those slots as
@@ -146,6 +147,7 @@ def test_preemption_in_a_partly_streamed_block(tiny_dense: Path, ref: ReferenceD
         assert s.token_ids == want.token_ids
 
 
+@pytest.mark.mrv2
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
 def test_stream_equals_whole_equals_reference_b4(
     llm: LLM, ref: ReferenceDecoder, seeded: bool
@@ -177,6 +179,7 @@ def test_block_granularity_sends_whole_blocks(llm: LLM) -> None:
     assert [len(c) for c in prefix.chunks] == [1] * 12  # one slot per step, left to right
 
 
+@pytest.mark.mrv2
 def test_early_finish_at_max_tokens_saves_forwards(llm: LLM, ref: ReferenceDecoder) -> None:
     # Sequential decides one slot per step, left to right: 6 tokens take 6
     # forwards, where finishing the second block would take 8.
@@ -193,6 +196,7 @@ def _first_new(tokens: list[int], start: int) -> int:
     return next(i for i in range(start, len(tokens)) if tokens[i] not in tokens[:i])
 
 
+@pytest.mark.mrv2
 def test_stop_token_in_the_prefix_finishes_at_once(llm: LLM, ref: ReferenceDecoder) -> None:
     prompt = prompt_of(8)
     free_p = params(max_tokens=12, ignore_eos=True, remasking_strategy="sequential")
@@ -233,6 +237,7 @@ def test_stop_string_in_the_prefix_finishes_early(llm: LLM, ref: ReferenceDecode
     assert s.steps <= k + 1 < free.forwards
 
 
+@pytest.mark.mrv2
 def test_logprobs_stream_with_their_tokens(llm: LLM, ref: ReferenceDecoder) -> None:
     prompts, ps = mixed_workload(4, n=4, seed=7)
     ps = _with(ps, logprobs=2)
