@@ -16,7 +16,6 @@ xgrammar backend compiles it (same tokenizer info, options and stop ids).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,38 +43,10 @@ from vllm_sdar.algorithm.decoding import (
     step_noise,
     truncate_at_stop,
 )
+from vllm_sdar.algorithm.grammar_compile import ConstraintCompiler, GrammarSpec
 from vllm_sdar.algorithm.grammar_rule import accept_left_to_right
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
 from vllm_sdar.algorithm.logit_rules import LogitRules
-
-
-@dataclass(frozen=True)
-class GrammarSpec:
-    """A structured-output constraint, in the fields of vLLM's
-    StructuredOutputsParams (exactly one set). any_whitespace: the negation
-    of the deployment's `structured_outputs_config.disable_any_whitespace`."""
-
-    json: str | None = None  # a JSON schema, as text
-    json_object: bool = False
-    regex: str | None = None
-    choice: tuple[str, ...] | None = None
-    grammar: str | None = None  # EBNF (GBNF) or Lark
-    structural_tag: str | None = None  # xgrammar's structural tag, as JSON text
-    any_whitespace: bool = True
-
-    @classmethod
-    def from_params(cls, params: Any, any_whitespace: bool = True) -> GrammarSpec:
-        """From a vLLM StructuredOutputsParams (or anything with its fields)."""
-        schema = params.json
-        return cls(
-            json=schema if schema is None or isinstance(schema, str) else json.dumps(schema),
-            json_object=bool(params.json_object),
-            regex=params.regex,
-            choice=tuple(params.choice) if params.choice is not None else None,
-            grammar=params.grammar,
-            structural_tag=params.structural_tag,
-            any_whitespace=any_whitespace,
-        )
 
 
 @dataclass(frozen=True)
@@ -138,48 +109,10 @@ class ReferenceDecoder:
 
     def grammar_matcher(self, spec: GrammarSpec, stop_ids: Iterable[int]) -> Any:
         """An xgrammar GrammarMatcher for `spec`, built as vLLM's xgrammar
-        backend builds it (vllm/v1/structured_output/backend_xgrammar.py):
-        the tokenizer's TokenizerInfo over the model's vocabulary, the same
-        compile call per kind, and the request's stop ids (every EOS id and
-        stop_token_ids: vLLM's all_stop_token_ids) as the grammar's end."""
-        import xgrammar as xgr
-        from vllm.v1.structured_output.utils import choice_as_grammar, grammar_is_likely_lark
-
+        backend builds it (grammar_compile.py)."""
         if self._grammar_compiler is None:
-            info = xgr.TokenizerInfo.from_huggingface(
-                self.tokenizer, vocab_size=self.config.vocab_size
-            )
-            self._grammar_compiler = xgr.GrammarCompiler(info, max_threads=8, cache_enabled=True)
-        compiler = self._grammar_compiler
-        separators = None if spec.any_whitespace else (",", ":")
-        if spec.json is not None or spec.json_object:
-            schema = spec.json if spec.json is not None else '{"type": "object"}'
-            ctx = compiler.compile_json_schema(
-                schema, any_whitespace=spec.any_whitespace, separators=separators
-            )
-        elif spec.regex is not None:
-            ctx = compiler.compile_regex(spec.regex)
-        elif spec.choice is not None:
-            ctx = compiler.compile_grammar(choice_as_grammar(list(spec.choice)))
-        elif spec.grammar is not None:
-            is_lark = grammar_is_likely_lark(spec.grammar)
-            compile_text = compiler.compile_lark if is_lark else compiler.compile_grammar
-            ctx = compile_text(spec.grammar)
-        elif spec.structural_tag is not None:
-            tag = json.loads(spec.structural_tag)
-            if "structures" in tag:  # the legacy form, as vLLM reads it
-                items = [
-                    xgr.StructuralTagItem(
-                        begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"]
-                    )
-                    for s in tag["structures"]
-                ]
-                ctx = compiler.compile_structural_tag(items, tag["triggers"])
-            else:
-                ctx = compiler.compile_structural_tag(spec.structural_tag)
-        else:
-            raise ValueError("GrammarSpec sets no constraint")
-        return xgr.GrammarMatcher(ctx, override_stop_tokens=sorted(stop_ids) or None)
+            self._grammar_compiler = ConstraintCompiler(self.tokenizer, self.config.vocab_size)
+        return self._grammar_compiler.matcher(spec, stop_ids)
 
     def _grammar_bitmask(self, matcher: Any) -> Any:
         import xgrammar as xgr

@@ -171,6 +171,11 @@ class SdarScheduler(Scheduler):
             num_logits = 0
             if num_new <= 0:
                 return 0, None
+        grammar_mask = self.structured.first_slot_mask(request) if num_logits else None
+        if grammar_mask is not None and not self.structured.can_continue(
+            request, grammar_mask, self.sdar.mask_id
+        ):
+            return 0, None  # ended in the next update (structured.py: dead ends)
         first = max(computed, request.num_prompt_tokens)
         if num_logits:
             # all_token_ids may already hold the open block's decided prefix.
@@ -192,7 +197,7 @@ class SdarScheduler(Scheduler):
             sampling=state.sampling,
             output_rules=state.output_rules,
             first_output_pos=first_output_pos,
-            grammar_mask=self.structured.first_slot_mask(request) if num_logits else None,
+            grammar_mask=grammar_mask,
             **self._inner_stops(request, state),
         )
 
@@ -519,6 +524,7 @@ class SdarScheduler(Scheduler):
         for client, out in self.lora.take_rejected():
             outputs[client].append(out)
         finish_grammar_errors(self, outputs)
+        self.structured.finish_dead_ends(self, outputs)
         if stopped:
             self.running = remove_all(self.running, stopped)
         engine_outputs = {

@@ -44,7 +44,7 @@ import torch
 from vllm.v1.engine import EngineCoreOutput
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_sdar.algorithm.grammar_rule import accept_left_to_right, bitmask_words
+from vllm_sdar.algorithm.grammar_rule import accept_left_to_right, allowed_ids, bitmask_words
 
 if TYPE_CHECKING:
     from vllm.v1.structured_output.backend_types import StructuredOutputGrammar
@@ -70,9 +70,49 @@ class StructuredOutputs:
     """The scheduler's side of the rule: masks out, final tokens in."""
 
     def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
         # One row, refilled per request: vLLM's backends write bitmasks into
         # an int32 [rows, ceil(vocab / 32)] tensor (xgrammar's layout).
         self._row = torch.full((1, bitmask_words(vocab_size)), -1, dtype=torch.int32)
+        # request id -> why its grammar cannot go on (ended at the next update).
+        self._dead_ends: dict[str, str] = {}
+
+    def can_continue(self, request: Request, mask: np.ndarray, mask_id: int) -> bool:
+        """False (and the request marked to end) when the grammar allows no
+        token of the model's vocabulary at the open block's first masked
+        slot: a draw under an empty mask would be an arbitrary token the
+        grammar rejects, step after step. The front end refuses a constraint
+        that cannot even begin (serving/structured_fields.py); this catches
+        one that runs into such a dead end later."""
+        allowed = [i for i in allowed_ids(mask) if i < self.vocab_size and i != mask_id]
+        if allowed:
+            return True
+        self._dead_ends[request.request_id] = (
+            "sdar_grammar_dead_end: the structured-output constraint allows no token of "
+            f"this model's vocabulary after {request.num_output_tokens} output tokens"
+        )
+        return False
+
+    def finish_dead_ends(self, scheduler: Any, outputs: dict[int, list[EngineCoreOutput]]) -> None:
+        """End the requests `can_continue` stopped, with the reason as their
+        stop_reason and finish_reason "stop" (vLLM's server turns "error"
+        into HTTP 500 with no reason; the output so far is a valid prefix)."""
+        if not self._dead_ends:
+            return
+        dead, self._dead_ends = self._dead_ends, {}
+        for request in scheduler.finish_requests(set(dead), RequestStatus.FINISHED_STOPPED):
+            request.stop_reason = dead[request.request_id]
+            logger.warning("SDAR request %s: %s", request.request_id, request.stop_reason)
+            outputs[request.client_index].append(
+                EngineCoreOutput(
+                    request_id=request.request_id,
+                    new_token_ids=[],
+                    finish_reason=request.get_finished_reason(),
+                    stop_reason=request.stop_reason,
+                    events=request.take_events(),
+                    trace_headers=request.trace_headers,
+                )
+            )
 
     def first_slot_mask(self, request: Request) -> np.ndarray | None:
         """The bitmask for the open block's first masked slot (a copy, shipped
