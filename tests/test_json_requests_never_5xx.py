@@ -1,0 +1,113 @@
+"""JSON and tool requests on a model whose vocabulary cannot write JSON
+(`sdar-addition`: digits, "+", "=", space, newline) answer 400 naming the
+field, never 5xx, and the server goes on serving (issue 30). The
+full-vocabulary side (200 with schema-valid JSON): test_structured_server.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from vllm_sdar.tools.server_process import serve
+
+pytestmark = pytest.mark.engine
+
+MODEL = "sdar-addition"
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    args = [
+        MODEL,
+        "--dtype", "float32",
+        "--gpu-memory-utilization", "0.5",
+        "--enforce-eager",
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    ]  # fmt: skip
+    with serve(args, tmp_path_factory.mktemp("serve-json"), timeout=300) as base:
+        yield openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+
+
+MESSAGES = [{"role": "user", "content": "123+456"}]
+REQUESTS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "json_object": ("chat", {"response_format": {"type": "json_object"}}, "json_object"),
+    "json_schema": (
+        "chat",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": SCHEMA},
+            }
+        },
+        "structured_outputs.json",
+    ),
+    "structured_outputs.json": (
+        "completion",
+        {"extra_body": {"structured_outputs": {"json": SCHEMA}}},
+        "structured_outputs.json",
+    ),
+    "tool_choice named": (
+        "chat",
+        {"tools": [ADD], "tool_choice": {"type": "function", "function": {"name": "add"}}},
+        # hermes constrains a named call with xgrammar's structural tags
+        "structured_outputs.structural_tag",
+    ),
+    "tool_choice required": (
+        "chat",
+        {"tools": [ADD], "tool_choice": "required"},
+        "structured_outputs.structural_tag",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_json_request_is_400_naming_the_field(
+    client: openai.OpenAI, name: str, stream: bool
+) -> None:
+    kind, kwargs, field = REQUESTS[name]
+    with pytest.raises(openai.APIError) as err:
+        if kind == "chat":
+            out = client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=16, stream=stream, **kwargs
+            )
+        else:
+            out = client.completions.create(
+                model=MODEL, prompt="123+456=", max_tokens=16, stream=stream, **kwargs
+            )
+        if stream:
+            list(out)
+    if stream and isinstance(err.value, openai.APIError) and not hasattr(err.value, "status_code"):
+        # The stream opened (HTTP 200) and carried the error event.
+        assert err.value.body["code"] == 400, err.value.body
+    else:
+        assert err.value.status_code == 400
+    assert field in str(err.value) and "vocabulary" in str(err.value)
+
+
+def test_tool_choice_auto_is_never_5xx_and_the_server_goes_on(client: openai.OpenAI) -> None:
+    # The model never writes <tool_call> (its vocabulary has no such token):
+    # the answer is plain content.
+    out = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=[ADD], max_tokens=8, temperature=0
+    )
+    assert out.choices[0].message.content == "579" and not out.choices[0].message.tool_calls
+    plain = client.completions.create(model=MODEL, prompt="123+456=", max_tokens=8, temperature=0)
+    assert plain.choices[0].text == "579"
