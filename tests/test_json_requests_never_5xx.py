@@ -7,7 +7,6 @@ full-vocabulary side (200 with schema-valid JSON): test_structured_server.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
