@@ -49,21 +49,25 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any, messages: Sequence[dict], generation_prompt: bool, tools: Any = None
+) -> str:
     return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        list(messages), tools=tools, tokenize=False, add_generation_prompt=generation_prompt
     )
 
 
-def _spans_by_prefix(tokenizer: Any, messages: Sequence[dict], full: str) -> list[tuple[int, int]]:
+def _spans_by_prefix(
+    tokenizer: Any, messages: Sequence[dict], full: str, tools: Any = None
+) -> list[tuple[int, int]]:
     """Assistant spans when every partial render is a prefix of the full one
     (true of simple templates): exact, whatever the template adds."""
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prompted = _render(tokenizer, messages[:i], generation_prompt=True)
-        turn = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        prompted = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+        turn = _render(tokenizer, messages[: i + 1], generation_prompt=False, tools=tools)
         if not (full.startswith(turn) and turn.startswith(prompted)):
             raise ValueError("partial renders are not prefixes of the full render")
         spans.append((len(prompted), len(turn)))
@@ -99,13 +103,15 @@ def _spans_by_header(tokenizer: Any, messages: Sequence[dict], full: str) -> lis
     return spans
 
 
-def _chat_example(tokenizer: Any, messages: Sequence[dict]) -> Example:
+def _chat_example(tokenizer: Any, messages: Sequence[dict], tools: Any = None) -> Example:
     """Tokenize the full render (what the model sees at inference) span by
     span, so context / assistant boundaries are exact token boundaries."""
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = _render(tokenizer, messages, generation_prompt=False, tools=tools)
     try:
-        spans = _spans_by_prefix(tokenizer, messages, full)
+        spans = _spans_by_prefix(tokenizer, messages, full, tools)
     except ValueError:
+        if tools:
+            raise
         spans = _spans_by_header(tokenizer, messages, full)
     if not spans:
         raise ValueError("chat record has no assistant message")
@@ -127,7 +133,7 @@ def tokenize_record(record: dict, tokenizer: Any) -> Example:
     if eos is None:
         raise ValueError("the tokenizer has no eos_token")
     if "messages" in record:
-        return _chat_example(tokenizer, record["messages"])
+        return _chat_example(tokenizer, record["messages"], record.get("tools"))
     if "prompt" in record and "completion" in record:
         prompt = _encode(tokenizer, record["prompt"])
         completion = _encode(tokenizer, record["completion"]) + [eos]

@@ -64,7 +64,7 @@ class Score:
 
 def prompt_ids(tokenizer: Any, problem: Problem) -> list[int]:
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": problem.prompt}], tokenize=False, add_generation_prompt=True
+        problem.context(), tools=problem.tools, tokenize=False, add_generation_prompt=True
     )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
@@ -51,9 +51,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(chars: str) -> PreTrainedTokenizerFast:
-    """A character-level tokenizer (ids: the characters of `chars`, EOS, UNK)."""
-    if len(chars) + 2 >= MODEL_VOCAB_SIZE:
+def build_tokenizer(
+    chars: str,
+    words: tuple[str, ...] = (),
+    chat_template: str = CHAT_TEMPLATE,
+    model_vocab_size: int = MODEL_VOCAB_SIZE,
+) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer (ids: the characters of `chars`, EOS, UNK,
+    then `words`: strings that are one token each wherever they occur)."""
+    if len(chars) + 2 + len(words) >= model_vocab_size:
         raise ValueError(f"{len(chars)} characters leave no free row for <|MASK|>")
     vocab = {c: i for i, c in enumerate(chars)}
     vocab[EOS] = len(vocab)
@@ -63,10 +69,13 @@ def build_tokenizer(chars: str) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()  # characters join back without spaces
     backend.add_special_tokens([EOS, UNK])
+    # Not special: they are text (a tool call's markers and JSON), kept in
+    # decoded output; matched before the per-character split.
+    backend.add_tokens([AddedToken(w, normalized=False) for w in words])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token=EOS, unk_token=UNK, pad_token=EOS
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -81,14 +90,24 @@ class Problem(ABC):
     @abstractmethod
     def answer(self) -> str: ...
 
+    @property
+    def tools(self) -> list[dict] | None:
+        """The request's tools (OpenAI format), if the task has any."""
+        return None
+
+    def context(self) -> list[dict]:
+        """The conversation the answer follows."""
+        return [{"role": "user", "content": self.prompt}]
+
+    def answer_message(self) -> dict:
+        return {"role": "assistant", "content": self.answer}
+
     def record(self) -> dict:
         """A chat record for the converter's JSONL format."""
-        return {
-            "messages": [
-                {"role": "user", "content": self.prompt},
-                {"role": "assistant", "content": self.answer},
-            ]
-        }
+        record: dict[str, Any] = {"messages": [*self.context(), self.answer_message()]}
+        if self.tools is not None:
+            record["tools"] = self.tools
+        return record
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     chars: ClassVar[str]
+    model_vocab_size: ClassVar[int] = MODEL_VOCAB_SIZE
 
     @abstractmethod
     def sample(self, rng: random.Random) -> Problem:

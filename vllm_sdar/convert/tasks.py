@@ -13,10 +13,11 @@ from typing import Any
 from vllm_sdar.convert.addition import Addition
 from vllm_sdar.convert.sorting import Sorting
 from vllm_sdar.convert.task_base import Task
+from vllm_sdar.convert.tools import ToolCalling
 
 
 def registry() -> dict[str, type[Task]]:
-    return {cls.name: cls for cls in (Addition, Sorting)}
+    return {cls.name: cls for cls in (Addition, Sorting, ToolCalling)}
 
 
 def task_from_json(data: dict[str, Any]) -> Task:

@@ -2,6 +2,7 @@
 
     python -m vllm_sdar.convert.toy              # rebuilds assets/sdar-addition + ar-addition
     python -m vllm_sdar.convert.toy --task sort  # rebuilds assets/sdar-sort + ar-sort
+    python -m vllm_sdar.convert.toy --task tools # rebuilds assets/sdar-tools + ar-tools
     python -m vllm_sdar.convert.toy --smoke --out /tmp/toy   # CI smoke run (~1 min)
 
 1. a character-level tokenizer and a task's data set (task_base.py; addition.py:
@@ -42,6 +43,7 @@ from vllm_sdar.convert.shapes import ArSpec
 from vllm_sdar.convert.sorting import Sorting
 from vllm_sdar.convert.task_base import MODEL_VOCAB_SIZE, Problem, Task, write_jsonl
 from vllm_sdar.convert.tasks import task_from_json
+from vllm_sdar.convert.tools import ToolCalling
 from vllm_sdar.convert.train import SUMMARY_FILE, ConvertConfig, convert
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -109,8 +111,15 @@ BUDGETS: dict[str, Budget] = {
         sdar_steps=900,  # 300 left it 7 points below its parent; 900: +1.6 (eval.json)
         block_sizes=(4,),
     ),
+    # ~30-token records (the tool list, the problem, a ~15-token call or a
+    # result and its answer): addition's budget.
+    "tools": Budget(task=ToolCalling(), block_sizes=(4,)),
 }
-SMOKE_TASKS: dict[str, Task] = {"addition": Addition(max_digits=3), "sort": Sorting(4, 8)}
+SMOKE_TASKS: dict[str, Task] = {
+    "addition": Addition(max_digits=3),
+    "sort": Sorting(4, 8),
+    "tools": ToolCalling(max_digits=2),
+}
 
 
 def asset_dirs(task: str) -> tuple[Path, Path]:
@@ -126,6 +135,8 @@ def run(budget: Budget, out: Path, work: Path, ar_out: Path | None = None) -> di
         timings[name] = round(time.perf_counter() - began - sum(timings.values()), 1)
 
     task = budget.task
+    # The embedding is sized for the task's tokenizer (a MASK row free).
+    budget = replace(budget, spec=replace(budget.spec, vocab_size=task.model_vocab_size))
     tokenizer = task.build_tokenizer()
     train, test = task.make_splits(budget.n_train, budget.n_test, budget.seed)
     data = write_jsonl(train, work / "train.jsonl")
