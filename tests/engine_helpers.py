@@ -197,6 +197,9 @@ def assert_matches_reference(
         assert list(out.token_ids) == want.token_ids, context
         assert out.finish_reason == want.finish_reason, context
         assert denoise_forwards(out) == want.num_denoise_forwards, context
+        # histogram[k] = forwards that made k tokens final: they add up to the output.
+        histogram = out.spec_decode_metrics.histogram
+        assert sum(k * n for k, n in enumerate(histogram)) == len(out.token_ids), context
         if p.logprobs is not None:
             assert_logprobs_match(out.logprobs, want.logprobs)
     return list(got)

@@ -110,3 +110,16 @@ def test_tool_choice_auto_is_never_5xx_and_the_server_goes_on(client: openai.Ope
     assert out.choices[0].message.content == "579" and not out.choices[0].message.tool_calls
     plain = client.completions.create(model=MODEL, prompt="123+456=", max_tokens=8, temperature=0)
     assert plain.choices[0].text == "579"
+
+
+def test_sdar_counters_mean_what_the_docs_say(client: openai.OpenAI) -> None:
+    """Slots unmasked after EOS are not output: committed tokens = the
+    completion's tokens, tokens per forward = tokens / forwards (docs/serving.md)."""
+    for prompt in ("271+828=", "12+34=", "999+1="):
+        out = client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=8, temperature=0
+        ).model_dump()
+        sdar = out["metrics"]["speculative_decoding"]["sdar"]
+        tokens = out["usage"]["completion_tokens"]
+        assert sdar["committed_tokens"] == tokens, (prompt, sdar, tokens)
+        assert sdar["tokens_per_forward"] == tokens / sdar["denoising_forwards"]

@@ -440,9 +440,6 @@ class SdarScheduler(Scheduler):
             new_tokens = self.structured.accept(request, state.tokens, proposed, mask)
         was_open = sum(t == mask for t in state.tokens)
         still_open = sum(t == mask for t in new_tokens)
-        request.spec_decode_metrics.observe(
-            num_draft_tokens=was_open, num_accepted=was_open - still_open
-        )
         if state.num_logprobs is not None:
             # The runner's rows follow its own output (re-masked slots'
             # rows are replaced when those slots are decided).
@@ -458,6 +455,9 @@ class SdarScheduler(Scheduler):
             request, state.tokens[state.appended : decided]
         )
         state.appended += len(appended)
+        # "Accepted" = tokens this forward made final output, as on /metrics:
+        # summed over a request, its output length (docs/serving.md).
+        request.spec_decode_metrics.observe(num_draft_tokens=was_open, num_accepted=len(appended))
         if step_stats is not None:
             step_stats.num_accepted_tokens += len(appended)
         if not done and still_open and state.step >= self.sdar.max_block_steps:
