@@ -30,7 +30,7 @@ def fixture_dir() -> Path:
     return FIXTURE
 
 
-def _tiny(name: str, spec: TinySpec) -> Path:
+def tiny_checkpoint(name: str, spec: TinySpec) -> Path:
     # The spec is part of the name so a changed spec never reuses stale weights.
     digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
     cache = REPO / ".cache" / "tiny" / f"{name}-{digest}"
@@ -41,17 +41,17 @@ def _tiny(name: str, spec: TinySpec) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dense() -> Path:
-    return _tiny("dense-b4", TinySpec(arch="dense", block_size=4))
+    return tiny_checkpoint("dense-b4", TinySpec(arch="dense", block_size=4))
 
 
 @pytest.fixture(scope="session")
 def tiny_dense_b8() -> Path:
-    return _tiny("dense-b8", TinySpec(arch="dense", block_size=8, seed=1))
+    return tiny_checkpoint("dense-b8", TinySpec(arch="dense", block_size=8, seed=1))
 
 
 @pytest.fixture(scope="session")
 def tiny_moe() -> Path:
-    return _tiny("moe-b4", TinySpec(arch="moe", block_size=4, seed=2))
+    return tiny_checkpoint("moe-b4", TinySpec(arch="moe", block_size=4, seed=2))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from vllm.exceptions import VLLMValidationError
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.engine.engine_setup import fit_kv_pages
+from vllm_sdar.tools.tiny import TinySpec
 
+from .conftest import tiny_checkpoint
 from .engine_helpers import (
     assert_matches_reference,
     generate_ids,
@@ -179,3 +183,33 @@ def test_non_sdar_architecture_is_untouched(tiny_dense: Path) -> None:
         )
         assert len(out[0].outputs[0].token_ids) == 6
         assert out[0].outputs[0].spec_decode_metrics is None
+
+
+@pytest.mark.parametrize("block", [16, 32, 64])
+def test_released_block_variants_start_with_no_flags(
+    block: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """JetLM's -b16 / -b32 / -b64 checkpoints declare block_size in config.json;
+    with no --block-size the KV pages fit the block (vLLM's CPU default 128),
+    and decoding equals the reference across block edges."""
+    model = tiny_checkpoint(f"dense-b{block}", TinySpec(arch="dense", block_size=block, seed=3))
+    ref = ReferenceDecoder(model)
+    prompts = [prompt_of(n, salt=block) for n in (1, block - 1, block + 3)]
+    p = params(max_tokens=block + 5, confidence_threshold=0.25, ignore_eos=True)
+    with sdar_llm(model) as llm:
+        assert llm.llm_engine.vllm_config.cache_config.block_size % block == 0
+        assert_matches_reference(llm, ref, prompts, p)
+
+
+def test_default_kv_pages_fit_the_block_on_gpus() -> None:
+    """The GPU branch of the same rule (never run on a GPU here): vLLM's
+    default page (16 in 0.32, 64 in 0.34) is raised to a multiple of B and
+    kept as if chosen; a page the user chose is left for support.py to check."""
+    for default, block, want in [(16, 4, 16), (16, 32, 32), (16, 64, 64), (64, 32, 64)]:
+        cache = SimpleNamespace(block_size=default, user_specified_block_size=False)
+        fit_kv_pages(cache, block, on_cpu=False)
+        assert cache.block_size == want, (default, block)
+        assert cache.user_specified_block_size == (want != default)
+    chosen = SimpleNamespace(block_size=16, user_specified_block_size=True)
+    fit_kv_pages(chosen, 64, on_cpu=False)
+    assert chosen.block_size == 16
