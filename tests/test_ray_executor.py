@@ -7,6 +7,10 @@ equal TP=1 and the reference decoder, dense and MoE.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,14 @@ from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.engine.ray_cpu import CpuRayWorkerProc
 from vllm_sdar.engine.ray_cpu_hook import RESOURCE
 
-from .engine_helpers import assert_matches_reference, generate_ids, sdar_llm
+from .engine_helpers import (
+    assert_matches_reference,
+    generate_ids,
+    params,
+    prompt_of,
+    reference_request,
+    sdar_llm,
+)
 from .ray_helpers import local_ray
 from .test_engine_variants import mixed_workload
 
@@ -78,3 +89,46 @@ def test_dense_tp2_over_ray(tiny_dense: Path, cluster: Any) -> None:
 
 def test_moe_tp2_over_ray(tiny_moe: Path, cluster: Any) -> None:
     _tp2_over_ray_matches(tiny_moe, 4, cluster)
+
+
+SCRIPT = """
+import json, sys
+import ray
+from vllm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    ray.init(num_cpus=2, resources={"vllm_cpu": 2}, include_dashboard=False)
+    llm = LLM(sys.argv[1], dtype="float32", enforce_eager=True, gpu_memory_utilization=0.5,
+              max_model_len=512, tensor_parallel_size=2, distributed_executor_backend="ray")
+    prompts = json.loads(sys.argv[2])
+    params = SamplingParams(max_tokens=9, temperature=0, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    print("TOKENS", json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=True)
+    ray.shutdown()
+"""
+
+
+def test_ray_cluster_started_in_the_script_with_the_engine_in_its_own_process(
+    tiny_dense: Path, tmp_path: Path
+) -> None:
+    """As a Python user calls it: `ray.init(resources={"vllm_cpu": 2})` in the
+    script, then `LLM(tensor_parallel_size=2, distributed_executor_backend=
+    "ray")` with vLLM's default multiprocessing engine (the engine core a
+    child process that must join the script's cluster)."""
+    prompts = [prompt_of(n, salt=6) for n in (3, 4, 9)]
+    script = tmp_path / "tp2_over_ray.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "RAY_worker_niceness": "0"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tiny_dense), json.dumps(prompts)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in out.stdout.splitlines() if line.startswith("TOKENS ")]
+    assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-4000:]
+    ref = ReferenceDecoder(tiny_dense)
+    want = [
+        ref.generate_one(p, reference_request(params(max_tokens=9, ignore_eos=True))).token_ids
+        for p in prompts
+    ]
+    assert json.loads(lines[0].removeprefix("TOKENS ")) == want

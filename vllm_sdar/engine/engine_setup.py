@@ -89,6 +89,10 @@ def configure(vllm_config: Any) -> SdarDeployment:
         )
 
     parallel_config = vllm_config.parallel_config
+    if on_cpu and parallel_config.distributed_executor_backend == "ray":
+        from vllm_sdar.engine.ray_cpu_hook import share_driver_cluster
+
+        share_driver_cluster()
     if parallel_config.worker_cls == "auto":
         parallel_config.worker_cls = CPU_WORKER if on_cpu else GPU_WORKER
     if on_cpu and parallel_config.data_parallel_size > 1 and getattr(hf_config, "num_experts", 0):

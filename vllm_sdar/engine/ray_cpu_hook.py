@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -68,3 +69,21 @@ class _PatchAfterExec(importlib.abc.Loader):
     def __getattr__(self, name: str) -> Any:
         # get_source/get_code/... for tracebacks and inspect: the file loader's.
         return getattr(self._inner, name)
+
+
+def share_driver_cluster() -> None:
+    """Let the engine-core process join the Ray cluster this process started.
+
+    A script that calls `ray.init(num_cpus=2, resources={"vllm_cpu": 2})` and
+    then `LLM(..., distributed_executor_backend="ray")` runs the engine core
+    in a child process (vLLM's default), whose `ray.init()` found no cluster
+    to join (a driver-started cluster leaves no address file, unlike `ray
+    start`) and started a new one without the resource. Naming the driver's
+    cluster in RAY_ADDRESS, which the child inherits, makes it join. Does
+    nothing when Ray was never imported or initialized here, or RAY_ADDRESS
+    is already set (the user's choice).
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or "RAY_ADDRESS" in os.environ or not ray.is_initialized():
+        return
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
