@@ -18,6 +18,7 @@ from .engine_helpers import (
     denoise_forwards,
     engine_steps,
     generate_ids,
+    on_model_runner_v2,
     params,
     prompt_of,
     reference_request,
@@ -263,3 +264,27 @@ def test_structured_outputs_choice_matches_reference(llm: LLM, ref: ReferenceDec
     spec = GrammarSpec(choice=tuple(choices))
     request = dataclasses.replace(reference_request(p), structured=spec)
     assert list(out.token_ids) == ref.generate_one(prompt_of(5), request).token_ids
+
+
+def _worker_runner_name(worker: Any) -> str:
+    return type(worker.model_runner).__name__
+
+
+def test_engine_in_its_own_process_equals_reference(
+    tiny_dense: Path, ref: ReferenceDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's default, as users run it: the engine core in a child process
+    (which inherits the MRV2 test shim through PYTHONPATH in that pass),
+    greedy and seeded, logprobs included, on the runner this pass runs."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the rpc's callable
+    prompts = [prompt_of(n, salt=9) for n in (2, 4, 9)]
+    ps = [
+        params(max_tokens=11, ignore_eos=True, logprobs=2),
+        params(max_tokens=9, temperature=0.8, seed=7, ignore_eos=True),
+        params(max_tokens=12, remasking_strategy="sequential", ignore_eos=True),
+    ]
+    want = "SdarCPUModelRunnerV2" if on_model_runner_v2() else "SdarCPUModelRunner"
+    with sdar_llm(tiny_dense) as engine:
+        assert engine.collective_rpc(_worker_runner_name) == [want]
+        assert_matches_reference(engine, ref, prompts, ps)

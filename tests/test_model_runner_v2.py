@@ -1,6 +1,7 @@
-"""What only Model Runner V2 has: its own request state, its refusals, and an
-engine in its own process (as users run it). Runs in scripts/test.sh's MRV2
-pass (tests/mrv2.md); the engine tests marked `mrv2` run there too.
+"""What only Model Runner V2 has: its own request state and its refusals. Runs
+in scripts/test.sh's MRV2 pass (tests/mrv2.md); the engine tests marked
+`mrv2` run there too (among them an engine in its own process,
+test_engine_dense.py).
 """
 
 from __future__ import annotations
@@ -66,29 +67,6 @@ def test_worker_state_follows_the_scheduler_every_step(llm: LLM, tiny_dense: Pat
     finally:
         scheduler.update_from_output = original
     assert checked and all(w == s for w, s in checked), checked
-
-
-def _worker_runner_name(worker: Any) -> str:
-    return type(worker.model_runner).__name__
-
-
-def test_engine_in_its_own_process_equals_reference(
-    tiny_dense: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """vLLM's default: the engine core in a child process (which inherits the
-    test shim through PYTHONPATH), greedy and seeded, logprobs included."""
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the rpc's callable
-    ref = ReferenceDecoder(tiny_dense)
-    prompts = [prompt_of(n, salt=9) for n in (2, 4, 9)]
-    ps = [
-        params(max_tokens=11, ignore_eos=True, logprobs=2),
-        params(max_tokens=9, temperature=0.8, seed=7, ignore_eos=True),
-        params(max_tokens=12, remasking_strategy="sequential", ignore_eos=True),
-    ]
-    with sdar_llm(tiny_dense) as llm:
-        assert llm.collective_rpc(_worker_runner_name) == ["SdarCPUModelRunnerV2"]
-        assert_matches_reference(llm, ref, prompts, ps)
 
 
 def _refusal(model: Path, **kwargs: Any) -> str:
