@@ -44,10 +44,16 @@ SHORT_NAMES: dict[str, str] = {
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PACKAGED = {
     f"{kind}-{task}": str(_ASSETS / f"{kind}-{task}")
-    for task in ("addition", "sort")
+    for task in ("addition", "sort", "tools")
     for kind in ("sdar", "ar")
 }
 SHORT_NAMES.update(PACKAGED)
+# What `vllm-sdar serve` adds for a packaged model, unless the command line
+# sets the option itself: the tool-calling pair writes hermes' format.
+PACKAGED_SERVE_FLAGS = {
+    name: ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    for name in ("sdar-tools", "ar-tools")
+}
 
 _BLOCK_SUFFIX = re.compile(r"-b(\d+)/?$")
 

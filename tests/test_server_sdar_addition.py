@@ -1,17 +1,27 @@
-"""JSON and tool requests on a model whose vocabulary cannot write JSON
-(`sdar-addition`: digits, "+", "=", space, newline) answer 400 naming the
-field, never 5xx, and the server goes on serving (issue 30). The
-full-vocabulary side (200 with schema-valid JSON): test_structured_server.py.
+"""The default model as a new user serves it (`vllm-sdar serve sdar-addition`,
+issue 30): JSON and tool requests on a vocabulary that cannot write JSON
+(digits, "+", "=", space, newline) answer 400 naming the field, never 5xx,
+and the server goes on serving (the full-vocabulary side, 200 with
+schema-valid JSON: test_structured_server.py); the per-response SDAR
+counters mean what docs/serving.md says; `vllm-sdar bench serve --model
+sdar-addition` runs offline.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from vllm_sdar.serving.cli import with_packaged_defaults
+from vllm_sdar.serving.names import PACKAGED
 from vllm_sdar.tools.server_process import serve
 
 pytestmark = pytest.mark.engine
@@ -32,7 +42,7 @@ SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required"
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = [
         MODEL,
         "--dtype", "float32",
@@ -41,7 +51,12 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
     with serve(args, tmp_path_factory.mktemp("serve-json"), timeout=300) as base:
-        yield openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
 
 
 MESSAGES = [{"role": "user", "content": "123+456"}]
@@ -123,3 +138,33 @@ def test_sdar_counters_mean_what_the_docs_say(client: openai.OpenAI) -> None:
         tokens = out["usage"]["completion_tokens"]
         assert sdar["committed_tokens"] == tokens, (prompt, sdar, tokens)
         assert sdar["tokens_per_forward"] == tokens / sdar["denoising_forwards"]
+
+
+def test_bench_serve_with_a_short_name_runs_offline(server: str, tmp_path: Path) -> None:
+    """The tokenizer of a packaged model comes from the package, not the Hub."""
+    cli = Path(sys.executable).with_name("vllm-sdar")
+    out = subprocess.run(
+        [str(cli), "bench", "serve", "--model", MODEL, "--base-url", server,
+         "--dataset-name", "random", "--random-input-len", "6", "--random-output-len", "4",
+         "--num-prompts", "4"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert re.search(r"Successful requests:\s+4\b", out.stdout), out.stdout[-2000:]
+
+
+def test_packaged_defaults_on_the_command_line() -> None:
+    assert with_packaged_defaults(["bench", "serve", "--model", MODEL])[-2:] == [
+        "--tokenizer",
+        PACKAGED[MODEL],
+    ]
+    assert with_packaged_defaults(["bench", "serve", "--model", MODEL, "--tokenizer", "t"]) == [
+        "bench", "serve", "--model", MODEL, "--tokenizer", "t",
+    ]  # fmt: skip
+    assert with_packaged_defaults(["serve", "sdar-tools"]) == [
+        "serve", "sdar-tools", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    ]  # fmt: skip
+    own = ["serve", "sdar-tools", "--tool-call-parser", "pythonic"]
+    assert with_packaged_defaults(own) == own
+    assert with_packaged_defaults(["serve", MODEL]) == ["serve", MODEL]
