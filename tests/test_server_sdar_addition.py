@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -168,3 +169,17 @@ def test_packaged_defaults_on_the_command_line() -> None:
     own = ["serve", "sdar-tools", "--tool-call-parser", "pythonic"]
     assert with_packaged_defaults(own) == own
     assert with_packaged_defaults(["serve", MODEL]) == ["serve", MODEL]
+
+
+@pytest.mark.parametrize("value", [False, 7, "json"])
+def test_wrong_json_type_is_a_one_line_400_naming_the_field(server: str, value: Any) -> None:
+    reply = httpx.post(
+        server + "/v1/completions",
+        json={"model": MODEL, "prompt": "1+2=", "max_tokens": 4, "structured_outputs": value},
+        timeout=60,
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "structured_outputs"
+    assert error["message"].startswith("structured_outputs must be a JSON object")
+    assert "\n" not in error["message"]

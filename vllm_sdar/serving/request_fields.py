@@ -92,23 +92,67 @@ def guard_model_endpoints() -> None:
     )
 
 
-def _guarded(name: str, validator: Callable[..., Any]) -> Callable[..., Any]:
-    def guard(call: Callable[[], Any]) -> Any:
+def _expects_object(annotation: Any) -> bool:
+    """Whether a request-model field takes a JSON object (a dict, a model or a
+    dataclass)."""
+    import dataclasses
+    import types
+    import typing
+
+    import pydantic
+
+    if isinstance(annotation, type):
+        return issubclass(annotation, (dict, pydantic.BaseModel)) or dataclasses.is_dataclass(
+            annotation
+        )
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return True
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_expects_object(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "null")
+
+
+def _guarded(
+    name: str, validator: Callable[..., Any], object_fields: frozenset[str]
+) -> Callable[..., Any]:
+    def guard(data: Any, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except (AttributeError, TypeError, KeyError) as e:
-            # A ValueError becomes pydantic's ValidationError: HTTP 400.
-            raise ValueError(f"invalid request ({name.strip('_')}): {e}") from e
+            from vllm.exceptions import VLLMValidationError
+
+            # Not a ValueError: pydantic lets it out as it is, and the server
+            # answers it with a one-line HTTP 400 naming the field (a
+            # ValueError would become pydantic's multi-line error dump).
+            wrong = [
+                field
+                for field in sorted(object_fields)
+                if isinstance(data, dict) and data.get(field) is not None
+                and not isinstance(data[field], dict)
+            ]  # fmt: skip
+            if wrong:
+                field = wrong[0]
+                raise VLLMValidationError(
+                    f"{field} must be a JSON object, not {_json_type(data[field])}",
+                    parameter=field,
+                ) from e
+            raise VLLMValidationError(f"invalid request ({name.strip('_')}): {e}") from e
 
     # pydantic inspects the signature: (data) or (data, info).
     if len(inspect.signature(validator).parameters) == 1:
 
         def before(data: Any) -> Any:
-            return guard(lambda: validator(data))
+            return guard(data, lambda: validator(data))
     else:
 
         def before(data: Any, info: Any) -> Any:
-            return guard(lambda: validator(data, info))
+            return guard(data, lambda: validator(data, info))
 
     before._sdar_guarded = True  # type: ignore[attr-defined]
     return before
@@ -118,18 +162,22 @@ def harden_request_validators() -> None:
     """vLLM's "before" validators of the completion and chat request models
     assume the JSON types they expect (`{"structured_outputs": false}` ran
     `False.get(...)`): such a crash escaped pydantic and answered HTTP 500.
-    Each is wrapped so a type error in the body is a 400 naming the check
+    Each is wrapped so a type error in the body is a one-line 400 naming the
+    field that should have been an object (else the check)
     (idempotent; the models are rebuilt before the server builds its routes)."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
     for model in (CompletionRequest, ChatCompletionRequest):
         changed = False
+        object_fields = frozenset(
+            name for name, f in model.model_fields.items() if _expects_object(f.annotation)
+        )
         for name, decorator in model.__pydantic_decorators__.model_validators.items():
             if decorator.info.mode == "before" and not getattr(
                 decorator.func, "_sdar_guarded", False
             ):
-                decorator.func = _guarded(name, decorator.func)
+                decorator.func = _guarded(name, decorator.func, object_fields)
                 changed = True
         if changed:
             model.model_rebuild(force=True)
