@@ -16,9 +16,9 @@ def test_short_names_cover_release_and_block_variants() -> None:
     assert names.SHORT_NAMES["sdar-30b-sci"] == "JetLM/SDAR-30B-A3B-Sci"
     assert names.SHORT_NAMES["sdar-1.7b"] == "JetLM/SDAR-1.7B-Chat"
     assert names.SHORT_NAMES["sdar-8b-b16"] == "JetLM/SDAR-8B-Chat-b16"
-    assert len(names.SHORT_NAMES) == 5 * 4 + 4
+    assert len(names.SHORT_NAMES) == 5 * 4 + 6
     # The trained toy pairs ship in the package: usable offline by name.
-    for name in ("sdar-addition", "ar-addition", "sdar-sort", "ar-sort"):
+    for name in ("sdar-addition", "ar-addition", "sdar-sort", "ar-sort", "sdar-tools", "ar-tools"):
         assert (Path(names.SHORT_NAMES[name]) / "model.safetensors").is_file(), name
 
 

@@ -24,7 +24,7 @@ from vllm_sdar.convert.toy import BUDGETS, asset_dirs, held_out, trained_task
 
 from .engine_helpers import assert_matches_reference, denoise_forwards, params, sdar_llm
 
-TASKS = ("addition", "sort")
+TASKS = ("addition", "sort", "tools")
 
 
 @pytest.mark.parametrize("task", TASKS)
