@@ -42,6 +42,7 @@ from vllm.v1.engine import EngineCoreOutput
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.request_end import ended_output
 
 logger = logging.getLogger("vllm." + __name__)
 
@@ -235,17 +236,4 @@ class LoraAdmission:
     def take_rejected(self) -> list[tuple[int, EngineCoreOutput]]:
         """(client index, final output) of each request rejected since the last call."""
         done, self._rejected = self._rejected, []
-        return [
-            (
-                r.client_index,
-                EngineCoreOutput(
-                    request_id=r.request_id,
-                    new_token_ids=[],
-                    finish_reason=r.get_finished_reason(),
-                    stop_reason=r.stop_reason,
-                    events=r.take_events(),
-                    trace_headers=r.trace_headers,
-                ),
-            )
-            for r in done
-        ]
+        return [(r.client_index, ended_output(r)) for r in done]

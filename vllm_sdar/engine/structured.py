@@ -45,6 +45,7 @@ from vllm.v1.engine import EngineCoreOutput
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_sdar.algorithm.grammar_rule import accept_left_to_right, allowed_ids, bitmask_words
+from vllm_sdar.engine.request_end import ended_output
 
 if TYPE_CHECKING:
     from vllm.v1.structured_output.backend_types import StructuredOutputGrammar
@@ -103,16 +104,7 @@ class StructuredOutputs:
         for request in scheduler.finish_requests(set(dead), RequestStatus.FINISHED_STOPPED):
             request.stop_reason = dead[request.request_id]
             logger.warning("SDAR request %s: %s", request.request_id, request.stop_reason)
-            outputs[request.client_index].append(
-                EngineCoreOutput(
-                    request_id=request.request_id,
-                    new_token_ids=[],
-                    finish_reason=request.get_finished_reason(),
-                    stop_reason=request.stop_reason,
-                    events=request.take_events(),
-                    trace_headers=request.trace_headers,
-                )
-            )
+            outputs[request.client_index].append(ended_output(request))
 
     def first_slot_mask(self, request: Request) -> np.ndarray | None:
         """The bitmask for the open block's first masked slot (a copy, shipped
@@ -178,12 +170,4 @@ def finish_grammar_errors(scheduler: Any, outputs: dict[int, list[EngineCoreOutp
         return
     scheduler.grammar_compile_error_reqs.clear()
     for request in scheduler.finish_requests(failed, RequestStatus.FINISHED_ERROR):
-        outputs[request.client_index].append(
-            EngineCoreOutput(
-                request_id=request.request_id,
-                new_token_ids=[],
-                finish_reason=request.get_finished_reason(),
-                events=request.take_events(),
-                trace_headers=request.trace_headers,
-            )
-        )
+        outputs[request.client_index].append(ended_output(request))
