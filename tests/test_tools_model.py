@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from vllm_sdar.convert.tools import Problem, tool
+from vllm_sdar.convert.tools import Problem
 from vllm_sdar.convert.toy import held_out
 from vllm_sdar.serving.names import PACKAGED
 from vllm_sdar.tools.server_process import serve
@@ -97,12 +97,17 @@ def test_two_turn_conversation_answers_right(
 def test_response_format_json_schema_is_schema_valid(
     client: openai.OpenAI, problems: list[Problem]
 ) -> None:
-    schema = tool("add")["function"]["parameters"]
+    """The grammar gives the form; the toy was trained to write JSON only
+    inside its calls, so the numbers are not the problem's. Bounded
+    integers let the grammar end them (unbounded, digits run to max_tokens)."""
+    bounded = {"type": "integer", "minimum": -2000, "maximum": 2000}
+    schema = {"type": "object", "properties": {"a": bounded, "b": bounded}, "required": ["a", "b"]}
     response_format = {"type": "json_schema", "json_schema": {"name": "ab", "schema": schema}}
     for p in problems:
         out = ask(client, p, response_format=response_format, tool_choice="none").choices[0]
         value = json.loads(out.message.content)
-        assert set(value) == {"a", "b"} and all(type(v) is int for v in value.values()), value
+        assert set(value) == {"a", "b"}, value
+        assert all(type(v) is int and -2000 <= v <= 2000 for v in value.values()), value
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
