@@ -9,8 +9,9 @@ left out, as the plugin's entry points in vllm_sdar/__init__.py import the
 whole package on purpose (inside functions that vLLM calls).
 
 Layers (docs: algorithm/__init__.py, engine/__init__.py):
-- the algorithm (every module of vllm_sdar/algorithm/ but reference.py and
-  hf_model.py) imports no vLLM, not even through other vllm_sdar modules;
+- the algorithm (every module of vllm_sdar/algorithm/ but reference.py,
+  hf_model.py and grammar_compile.py) imports no vLLM, not even through
+  other vllm_sdar modules;
 - the reference decoder (algorithm/reference.py) never reaches the engine
   glue (vllm_sdar.engine, vllm_sdar.serving);
 - the engine (vllm_sdar/engine/*) never reaches the converter
@@ -29,7 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "vllm_sdar"
 
 # Rule (b), first part: which algorithm modules must stay free of vLLM.
-ALGORITHM_ALLOWED_VLLM = {"vllm_sdar.algorithm.reference", "vllm_sdar.algorithm.hf_model"}
+# grammar_compile: two of vLLM's pure helpers (structured_output.utils:
+# choice_as_grammar, grammar_is_likely_lark), so the reference decoder and the
+# front end compile a constraint exactly as vLLM's backend does; no engine code.
+ALGORITHM_ALLOWED_VLLM = {
+    "vllm_sdar.algorithm.reference",
+    "vllm_sdar.algorithm.hf_model",
+    "vllm_sdar.algorithm.grammar_compile",
+}
 
 
 def module_name(path: Path, root: Path) -> str:
