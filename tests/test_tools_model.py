@@ -48,9 +48,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
 
 def ask(client: openai.OpenAI, problem: Problem, **kwargs: Any) -> Any:
     kwargs.setdefault("messages", [{"role": "user", "content": problem.prompt}])
-    return client.chat.completions.create(
-        model=MODEL, tools=problem.tools, max_tokens=32, temperature=0, **kwargs
-    )
+    kwargs.setdefault("max_tokens", 32)
+    return client.chat.completions.create(model=MODEL, tools=problem.tools, temperature=0, **kwargs)
 
 
 def arguments_of(call: Any) -> dict[str, Any]:
@@ -98,13 +97,18 @@ def test_response_format_json_schema_is_schema_valid(
     client: openai.OpenAI, problems: list[Problem]
 ) -> None:
     """The grammar gives the form; the toy was trained to write JSON only
-    inside its calls, so the numbers are not the problem's. Bounded
-    integers let the grammar end them (unbounded, digits run to max_tokens)."""
+    inside its calls, so the numbers are not the problem's. Its deployment
+    (the package's serve flags) gives JSON no free whitespace, which this
+    toy would pad with until max_tokens; bounded integers let the grammar
+    end the numbers (unbounded, digits run on)."""
     bounded = {"type": "integer", "minimum": -2000, "maximum": 2000}
     schema = {"type": "object", "properties": {"a": bounded, "b": bounded}, "required": ["a", "b"]}
     response_format = {"type": "json_schema", "json_schema": {"name": "ab", "schema": schema}}
     for p in problems:
-        out = ask(client, p, response_format=response_format, tool_choice="none").choices[0]
+        out = ask(
+            client, p, response_format=response_format, tool_choice="none", max_tokens=64
+        ).choices[0]
+        assert out.finish_reason == "stop", out
         value = json.loads(out.message.content)
         assert set(value) == {"a", "b"}, value
         assert all(type(v) is int and -2000 <= v <= 2000 for v in value.values()), value

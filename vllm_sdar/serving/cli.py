@@ -46,7 +46,9 @@ def _option(args: list[str], name: str) -> str | None:
 def with_packaged_defaults(args: list[str]) -> list[str]:
     """The command line with what a packaged short name needs and no user
     could guess: `bench serve` reads the tokenizer from the package (not the
-    Hub); `serve` of the tool-calling pair turns on its tool-call parser."""
+    Hub); `serve` of the tool-calling pair turns on its tool-call parser and
+    JSON without free whitespace (names.PACKAGED_SERVE_FLAGS), each unless
+    the command line sets that option."""
     from vllm_sdar.serving.names import PACKAGED, PACKAGED_SERVE_FLAGS
 
     if args[:2] == ["bench", "serve"]:
@@ -55,9 +57,13 @@ def with_packaged_defaults(args: list[str]) -> list[str]:
             return [*args, "--tokenizer", PACKAGED[model]]
     elif args[:1] == ["serve"] and len(args) > 1:
         model = args[1] if not args[1].startswith("-") else _option(args, "--model")
-        flags = PACKAGED_SERVE_FLAGS.get(model or "", [])
-        if flags and _option(args, "--tool-call-parser") is None:
-            return [*args, *flags]
+        extra = [
+            part
+            for flag in PACKAGED_SERVE_FLAGS.get(model or "", [])
+            if flag[0] not in args and _option(args, flag[0]) is None
+            for part in flag
+        ]
+        return [*args, *extra]
     return args
 
 

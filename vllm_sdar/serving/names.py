@@ -48,10 +48,15 @@ PACKAGED = {
     for kind in ("sdar", "ar")
 }
 SHORT_NAMES.update(PACKAGED)
-# What `vllm-sdar serve` adds for a packaged model, unless the command line
-# sets the option itself: the tool-calling pair writes hermes' format.
-PACKAGED_SERVE_FLAGS = {
-    name: ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+# What `vllm-sdar serve` adds for a packaged model, option by option unless
+# the command line sets it: the tool-calling pair writes hermes' format, and
+# its JSON has no free whitespace (given it, the toy pads until max_tokens).
+PACKAGED_SERVE_FLAGS: dict[str, list[tuple[str, ...]]] = {
+    name: [
+        ("--enable-auto-tool-choice",),
+        ("--tool-call-parser", "hermes"),
+        ("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'),
+    ]
     for name in ("sdar-tools", "ar-tools")
 }
 
