@@ -25,6 +25,8 @@ import ray
 def local_ray(**resources: float) -> Iterator[Any]:
     os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 (Ray's spelling)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A new local head, never another cluster's address (an earlier engine's).
+    os.environ.pop("RAY_ADDRESS", None)
     # Ray kills workers when the *machine* passes 95% memory; on a machine
     # shared with other engines that killed the Serve controller mid-deploy.
     os.environ["RAY_memory_monitor_refresh_ms"] = "0"  # noqa: SIM112

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 from vllm_sdar.algorithm.config import ARCHITECTURES, SdarDeployment
@@ -89,7 +90,8 @@ def configure(vllm_config: Any) -> SdarDeployment:
         )
 
     parallel_config = vllm_config.parallel_config
-    if on_cpu and parallel_config.distributed_executor_backend == "ray":
+    engine_in_child = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
+    if on_cpu and engine_in_child and parallel_config.distributed_executor_backend == "ray":
         from vllm_sdar.engine.ray_cpu_hook import share_driver_cluster
 
         share_driver_cluster()

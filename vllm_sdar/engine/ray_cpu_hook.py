@@ -71,6 +71,9 @@ class _PatchAfterExec(importlib.abc.Loader):
         return getattr(self._inner, name)
 
 
+_shared_address: str | None = None  # the RAY_ADDRESS share_driver_cluster set
+
+
 def share_driver_cluster() -> None:
     """Let the engine-core process join the Ray cluster this process started.
 
@@ -79,11 +82,21 @@ def share_driver_cluster() -> None:
     in a child process (vLLM's default), whose `ray.init()` found no cluster
     to join (a driver-started cluster leaves no address file, unlike `ray
     start`) and started a new one without the resource. Naming the driver's
-    cluster in RAY_ADDRESS, which the child inherits, makes it join. Does
-    nothing when Ray was never imported or initialized here, or RAY_ADDRESS
-    is already set (the user's choice).
+    cluster in RAY_ADDRESS, which the child inherits, makes it join.
+
+    Called only for an engine core in its own process. Leaves a RAY_ADDRESS
+    the user set alone; replaces (or, with no cluster running here, removes)
+    one it set earlier, so a later `ray.init()` of this process never finds
+    the address of a cluster that is gone.
     """
+    global _shared_address
+    current = os.environ.get("RAY_ADDRESS")
+    if current is not None and current != _shared_address:
+        return  # the user's choice
     ray = sys.modules.get("ray")
-    if ray is None or "RAY_ADDRESS" in os.environ or not ray.is_initialized():
+    if ray is None or not ray.is_initialized():
+        if current is not None:
+            del os.environ["RAY_ADDRESS"]
+        _shared_address = None
         return
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    _shared_address = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
