@@ -28,6 +28,14 @@ from vllm_sdar.engine.inner_steps import StepLogprobs, block_step
 from vllm_sdar.engine.plan import BlockPlan
 
 
+def logits_rows(plan: BlockPlan | None) -> int:
+    """lm_head rows one request takes this step: one per still-masked slot of
+    its open block, none for a prompt chunk (or no plan)."""
+    if plan is None or not plan.num_logits:
+        return 0
+    return len(plan.masked_slots)
+
+
 @dataclass
 class BatchStep:
     """The step's SDAR layout, in the runner's batch order."""
@@ -43,7 +51,7 @@ class BatchStep:
         cls, plans: dict[str, BlockPlan], req_ids: Sequence[str], query_ends: np.ndarray
     ) -> BatchStep:
         ordered = [plans.get(r) for r in req_ids]
-        counts = [len(p.masked_slots) if p is not None and p.num_logits else 0 for p in ordered]
+        counts = [logits_rows(p) for p in ordered]
         return cls(list(req_ids), ordered, np.asarray(query_ends, dtype=np.int64), counts)
 
     def open_block_rows(self, i: int) -> np.ndarray:

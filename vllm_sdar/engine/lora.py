@@ -41,6 +41,7 @@ from vllm.lora.layers import LoRAMappingType
 from vllm.v1.engine import EngineCoreOutput
 from vllm.v1.request import Request, RequestStatus
 
+from vllm_sdar.engine.batch_step import logits_rows
 from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
 from vllm_sdar.engine.request_end import ended_output
 
@@ -48,14 +49,6 @@ logger = logging.getLogger("vllm." + __name__)
 
 # stop_reason prefix of a request ended because its adapter cannot be loaded.
 ADAPTER_ERROR = "sdar_lora_adapter_error"
-
-
-def logits_rows(plan: BlockPlan | None) -> int:
-    """lm_head rows one request takes this step: the rule of runner.py's
-    `_prepare_inputs` (one per still-masked slot; none for a prefill chunk)."""
-    if plan is None or not plan.num_logits:
-        return 0
-    return len(plan.masked_slots)
 
 
 def _zero_no_lora_rows(expand: Callable[..., Any]) -> Callable[..., Any]:
@@ -135,7 +128,7 @@ class SdarLoraRunnerMixin:
             # rather than apply adapters to other requests' rows.
             raise RuntimeError(
                 f"vllm-sdar LoRA: {len(out[0])} logits rows but {int(rows.sum())} mapped "
-                "to adapters; engine/lora.py:logits_rows must follow runner.py"
+                "to adapters; engine/batch_step.py:logits_rows must follow the runner's rows"
             )
         return out
 
