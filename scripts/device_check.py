@@ -40,10 +40,10 @@ def main() -> int:
     for block in (4, 16):
         for strategy in STRATEGIES:
             for steps in sorted({block, max(1, block // 2), 3 if block > 3 else 1}):
-                for sampling in (
-                    Sampling(),
-                    Sampling(temperature=0.8, top_k=50, top_p=0.9, seed=7),
-                    Sampling(temperature=1.0, seed=11),
+                for sampling, seed in (
+                    (Sampling(), 0),
+                    (Sampling(temperature=0.8, top_k=50, top_p=0.9), 7),
+                    (Sampling(temperature=1.0), 11),
                 ):
                     den = Denoising(block, steps, strategy, threshold=0.3, eb_threshold=3.0)
                     tokens = torch.full((block,), mask_id)
@@ -51,8 +51,8 @@ def main() -> int:
                     cpu_tokens, gpu_tokens = tokens.clone(), tokens.clone()
                     for step in range(block):
                         logits = torch.randn(block, vocab, generator=gen) * 4
-                        g1 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
-                        g2 = None if sampling.greedy else step_noise(sampling.seed, 0, step)
+                        g1 = None if sampling.greedy else step_noise(seed, 0, step)
+                        g2 = None if sampling.greedy else step_noise(seed, 0, step)
                         logits = logits[cpu_tokens == mask_id]  # masked slots only
                         cpu_tokens = denoise_step(
                             cpu_tokens, logits, mask_id, step, den, sampling, g1

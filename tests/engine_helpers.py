@@ -14,9 +14,8 @@ import pytest
 from vllm import LLM, SamplingParams
 
 from vllm_sdar.algorithm.config import SdarOptions
-from vllm_sdar.algorithm.decoding import Sampling
-from vllm_sdar.algorithm.logit_rules import LogitRules
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 
 @contextmanager
@@ -138,24 +137,6 @@ def params(max_tokens: int = 10, **kwargs: Any) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, extra_args=sdar or None, **kwargs)
 
 
-def reference_request(p: SamplingParams) -> Request:
-    return Request(
-        max_tokens=p.max_tokens,
-        sampling=Sampling(
-            temperature=p.temperature,
-            top_k=p.top_k if p.top_k and p.top_k > 0 else 0,
-            top_p=p.top_p,
-            seed=p.seed,
-        ),
-        options=SdarOptions.parse(p.extra_args),
-        stop_token_ids=tuple(p.stop_token_ids or ()),
-        ignore_eos=p.ignore_eos,
-        min_tokens=p.min_tokens,
-        rules=LogitRules.from_params(p),
-        num_logprobs=p.logprobs,
-    )
-
-
 def assert_logprobs_match(got: Any, want: list[tuple[list[int], list[float], int]]) -> None:
     """vLLM's per-token {id: Logprob} against the reference's rows."""
     assert got is not None and len(got) == len(want)
@@ -192,7 +173,7 @@ def assert_matches_reference(
     if got is None:
         got = generate_ids(llm, prompts, ps_list)
     for prompt, p, out in zip(prompts, ps_list, got, strict=True):
-        want = ref.generate_one(prompt, reference_request(p))
+        want = ref.generate_one(prompt, RequestSettings.from_params(p))
         context = f"prompt len {len(prompt)}, params {p.extra_args}, seed {p.seed}"
         assert list(out.token_ids) == want.token_ids, context
         assert out.finish_reason == want.finish_reason, context

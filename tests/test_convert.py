@@ -23,7 +23,8 @@ from transformers import (
 )
 
 from vllm_sdar.algorithm.config import SdarOptions, register_hf_configs
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.convert import addition
 from vllm_sdar.convert.__main__ import main as cli_main
 from vllm_sdar.convert.addition import Addition
@@ -302,7 +303,7 @@ def test_moe_source_converts_to_sdar_moe(tmp_path: Path, dataset: Path) -> None:
     config = AutoConfig.from_pretrained(out)
     assert config.architectures == ["SDARMoeForCausalLM"] and config.num_experts == 4
     ref = ReferenceDecoder(out)
-    result = ref.generate_one([1, 10, 2, 11], Request(max_tokens=5, ignore_eos=True))
+    result = ref.generate_one([1, 10, 2, 11], RequestSettings(max_tokens=5, ignore_eos=True))
     assert len(result.token_ids) == 5
 
 
@@ -378,7 +379,7 @@ def test_release_format_loads_in_reference_decoder(converted: Path) -> None:
     assert tok.eos_token_id in gen["eos_token_id"]
     ref = ReferenceDecoder(converted)
     assert (ref.block_size, ref.mask_id) == (4, 16)
-    out = ref.generate_one([1, 10, 2, 11], Request(max_tokens=6, ignore_eos=True))
+    out = ref.generate_one([1, 10, 2, 11], RequestSettings(max_tokens=6, ignore_eos=True))
     assert len(out.token_ids) == 6 and out.num_forwards >= 2
 
 
@@ -438,7 +439,7 @@ def test_shipped_model_adds_held_out_problems(shipped: ReferenceDecoder) -> None
     assert trained_task(DEFAULT_OUT) == Budget().task
     test = held_out(40)
     tok = shipped.tokenizer
-    request = Request(max_tokens=8)  # greedy, default low_confidence_dynamic
+    request = RequestSettings(max_tokens=8)  # greedy, default low_confidence_dynamic
     results = [shipped.generate_one(prompt_ids(tok, p), request) for p in test]
     correct = sum(answer_ok(tok, p, r.token_ids, shipped.eos_ids) for p, r in zip(test, results))
     assert correct >= 36, f"{correct}/40"
@@ -446,6 +447,8 @@ def test_shipped_model_adds_held_out_problems(shipped: ReferenceDecoder) -> None
     forwards = sum(r.num_denoise_forwards for r in results)
     assert tokens / forwards > 1.5  # dynamic decoding emits several tokens per forward
     # Static decoding unmasks exactly one token per step: never faster than AR.
-    static = Request(max_tokens=8, options=SdarOptions(remasking_strategy="low_confidence_static"))
+    static = RequestSettings(
+        max_tokens=8, options=SdarOptions(remasking_strategy="low_confidence_static")
+    )
     first = shipped.generate_one(prompt_ids(tok, test[0]), static)
     assert first.num_denoise_forwards >= len(first.token_ids)

@@ -19,9 +19,10 @@ import openai
 import pytest
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.server_process import serve
 
-from .engine_helpers import params, prompt_of, reference_request
+from .engine_helpers import params, prompt_of
 
 pytestmark = pytest.mark.engine
 
@@ -77,7 +78,9 @@ def test_dp2_equals_reference_on_both_engines(server: str, tiny_dense: Path) -> 
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(one, cases))
     for (prompt, opts), tokens in zip(cases, got, strict=True):
-        want = ref.generate_one(prompt, reference_request(params(10, ignore_eos=True, **opts)))
+        want = ref.generate_one(
+            prompt, RequestSettings.from_params(params(10, ignore_eos=True, **opts))
+        )
         assert tokens == want.token_ids, opts
     engines = _finished_per_engine(server)
     assert sorted(engines) == ["0", "1"] and all(engines.values()), engines

@@ -293,7 +293,7 @@ def test_mask_is_never_proposed_even_as_argmax(temperature: float) -> None:
     logits[:, M] = 50.0
     logits[torch.arange(4), torch.tensor([5, 6, 7, 8])] = 10.0
     tokens = torch.full((4,), M)
-    sampling = Sampling(temperature=temperature, seed=1)
+    sampling = Sampling(temperature=temperature)
     gen = None if sampling.greedy else step_noise(1, 0, 0)
     out = denoise_step(
         tokens, logits, M, 0, Denoising(4, 1, "low_confidence_static"), sampling, gen

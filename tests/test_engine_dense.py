@@ -12,6 +12,7 @@ from vllm import LLM
 from vllm.exceptions import VLLMValidationError
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
     assert_matches_reference,
@@ -21,7 +22,6 @@ from .engine_helpers import (
     on_model_runner_v2,
     params,
     prompt_of,
-    reference_request,
     scheduler_of,
     sdar_llm,
 )
@@ -106,7 +106,9 @@ def test_batch_of_16_mixed_prompts(llm: LLM, ref: ReferenceDecoder) -> None:
 
 def test_stop_token_inside_block(llm: LLM, ref: ReferenceDecoder) -> None:
     prompt = prompt_of(5)
-    free = ref.generate_one(prompt, reference_request(params(max_tokens=16, ignore_eos=True)))
+    free = ref.generate_one(
+        prompt, RequestSettings.from_params(params(max_tokens=16, ignore_eos=True))
+    )
     stop = free.token_ids[6]  # slot 2 of the second generated block
     first = free.token_ids.index(stop)
     (out,) = assert_matches_reference(
@@ -118,7 +120,9 @@ def test_stop_token_inside_block(llm: LLM, ref: ReferenceDecoder) -> None:
 
 def test_min_tokens_holds_back_stop_tokens(llm: LLM, ref: ReferenceDecoder) -> None:
     prompt = prompt_of(5)
-    free = ref.generate_one(prompt, reference_request(params(max_tokens=16, ignore_eos=True)))
+    free = ref.generate_one(
+        prompt, RequestSettings.from_params(params(max_tokens=16, ignore_eos=True))
+    )
     stop = free.token_ids[1]  # would end the output at 2 tokens
     (out,) = assert_matches_reference(
         llm, ref, [prompt], [params(max_tokens=16, min_tokens=10, stop_token_ids=[stop])]
@@ -187,7 +191,7 @@ def test_one_forward_per_denoising_step(llm: LLM, ref: ReferenceDecoder, length:
     p = params(max_tokens=10, remasking_strategy="low_confidence_static", ignore_eos=True)
     with engine_steps(llm) as steps:
         (out,) = generate_ids(llm, [prompt], p)
-    want = ref.generate_one(prompt, reference_request(p))
+    want = ref.generate_one(prompt, RequestSettings.from_params(p))
     assert list(out.token_ids) == want.token_ids
     # Whole prompt blocks ride with the first step, each commit with the next
     # block's first step, the last block needs none: forwards = steps used.
@@ -262,7 +266,7 @@ def test_structured_outputs_choice_matches_reference(llm: LLM, ref: ReferenceDec
     (out,) = generate_ids(llm, [prompt_of(5)], p)
     assert out.text in choices and out.finish_reason == "stop"
     spec = GrammarSpec(choice=tuple(choices))
-    request = dataclasses.replace(reference_request(p), structured=spec)
+    request = dataclasses.replace(RequestSettings.from_params(p), structured=spec)
     assert list(out.token_ids) == ref.generate_one(prompt_of(5), request).token_ids
 
 

@@ -17,6 +17,7 @@ from vllm import LLM
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
     assert_matches_reference,
@@ -26,7 +27,6 @@ from .engine_helpers import (
     params,
     prompt_of,
     record_preemptions,
-    reference_request,
     sdar_llm,
     tight_kv_llm,
 )
@@ -83,7 +83,7 @@ def test_iterations_run_several_forwards(
 def test_early_finish_inside_a_block(llm: LLM, ref: ReferenceDecoder) -> None:
     prompt = prompt_of(5)
     sequential = params(max_tokens=16, remasking_strategy="sequential", ignore_eos=True)
-    free = ref.generate_one(prompt, reference_request(sequential))
+    free = ref.generate_one(prompt, RequestSettings.from_params(sequential))
     stop = free.token_ids[6]
     ps = [
         params(max_tokens=16, stop_token_ids=[stop], remasking_strategy="sequential"),
@@ -102,7 +102,7 @@ def test_structured_request_beside_unconstrained(llm: LLM, ref: ReferenceDecoder
     got = generate_ids(llm, prompts, [structured, free])
     assert got[0].text in choices
     request = dataclasses.replace(
-        reference_request(structured), structured=GrammarSpec(choice=tuple(choices))
+        RequestSettings.from_params(structured), structured=GrammarSpec(choice=tuple(choices))
     )
     assert list(got[0].token_ids) == ref.generate_one(prompts[0], request).token_ids
     assert_matches_reference(llm, ref, prompts[1:], [free], got=got[1:])

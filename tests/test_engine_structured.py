@@ -27,6 +27,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import StructuredOutputsParams
 
 from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
     denoise_forwards,
@@ -34,7 +35,6 @@ from .engine_helpers import (
     params,
     prompt_of,
     record_preemptions,
-    reference_request,
     scheduler_of,
     sdar_llm,
 )
@@ -86,7 +86,7 @@ def assert_valid(kind: str, text: str) -> None:
 
 
 def spec_request(p: SamplingParams, any_whitespace: bool) -> Any:
-    request = reference_request(p)
+    request = RequestSettings.from_params(p)
     so = p.structured_outputs
     spec = GrammarSpec.from_params(so, any_whitespace) if so is not None else None
     return dataclasses.replace(request, structured=spec)

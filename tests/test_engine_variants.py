@@ -89,7 +89,7 @@ def test_block_step_cap_ends_the_request(tiny_dense: Path) -> None:
         assert "sdar_block_not_converged" in str(capped.stop_reason)
         assert ok.finish_reason == "length" and len(ok.token_ids) == 8
         scheduler = scheduler_of(llm)
-        assert not scheduler.blocks and not scheduler.running
+        assert not scheduler.open_blocks and not scheduler.running
 
 
 @pytest.mark.mrv2

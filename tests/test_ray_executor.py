@@ -20,6 +20,7 @@ from vllm.v1.executor import ray_executor_v2
 from vllm.v1.executor.ray_executor_v2 import RayExecutorV2
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.engine.ray_cpu import CpuRayWorkerProc
 from vllm_sdar.engine.ray_cpu_hook import RESOURCE
 
@@ -28,7 +29,6 @@ from .engine_helpers import (
     generate_ids,
     params,
     prompt_of,
-    reference_request,
     sdar_llm,
 )
 from .ray_helpers import local_ray
@@ -128,7 +128,9 @@ def test_ray_cluster_started_in_the_script_with_the_engine_in_its_own_process(
     assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-4000:]
     ref = ReferenceDecoder(tiny_dense)
     want = [
-        ref.generate_one(p, reference_request(params(max_tokens=9, ignore_eos=True))).token_ids
+        ref.generate_one(
+            p, RequestSettings.from_params(params(max_tokens=9, ignore_eos=True))
+        ).token_ids
         for p in prompts
     ]
     assert json.loads(lines[0].removeprefix("TOKENS ")) == want

@@ -10,7 +10,8 @@ from transformers import DynamicCache
 
 from vllm_sdar.algorithm.config import SdarOptions
 from vllm_sdar.algorithm.decoding import Sampling, block_causal_mask
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_block_causal_forward_ignores_later_blocks(ref: ReferenceDecoder) -> Non
     """One uncached forward: outputs up to a block end do not depend on
     anything after it."""
     prompt = [11, 12, 13, 14, 15, 16]
-    result = ref.generate_one(prompt, Request(max_tokens=6))
+    result = ref.generate_one(prompt, RequestSettings(max_tokens=6))
     seq = prompt + result.token_ids
     full = ref.model(torch.tensor([seq]), 0, None, ref.block_size)[0]
     part = ref.model(torch.tensor([seq[:8]]), 0, None, ref.block_size)[0]
@@ -64,7 +65,9 @@ def test_forward_counts_by_prompt_length(
 ) -> None:
     B = ref.block_size
     prompt = list(range(100, 100 + prompt_len))
-    req = Request(max_tokens=8, options=SdarOptions(remasking_strategy=strategy), ignore_eos=True)
+    req = RequestSettings(
+        max_tokens=8, options=SdarOptions(remasking_strategy=strategy), ignore_eos=True
+    )
     out = ref.generate_one(prompt, req)
     tail = prompt_len % B
     gen_first = B - tail
@@ -93,12 +96,14 @@ def test_early_finish_saves_forwards_not_tokens(ref: ReferenceDecoder) -> None:
     # would have given (sequential: slot i is decided at step i).
     prompt = [100, 101, 102, 103]
     sequential = SdarOptions(remasking_strategy="sequential")
-    free = ref.generate_one(prompt, Request(max_tokens=8, ignore_eos=True, options=sequential))
+    free = ref.generate_one(
+        prompt, RequestSettings(max_tokens=8, ignore_eos=True, options=sequential)
+    )
     # The first token of the second block not seen before it.
     k = next(i for i in range(4, 8) if free.token_ids[i] not in free.token_ids[:i])
     out = ref.generate_one(
         prompt,
-        Request(
+        RequestSettings(
             max_tokens=8,
             stop_token_ids=(free.token_ids[k],),
             options=sequential,
@@ -113,9 +118,9 @@ def test_early_finish_saves_forwards_not_tokens(ref: ReferenceDecoder) -> None:
 
 def test_eos_inside_block_is_kept_and_rest_dropped(ref: ReferenceDecoder) -> None:
     prompt = [100, 101, 102, 103, 104]
-    free = ref.generate_one(prompt, Request(max_tokens=12, ignore_eos=True))
+    free = ref.generate_one(prompt, RequestSettings(max_tokens=12, ignore_eos=True))
     stop_tok = free.token_ids[5]  # inside the second generated block
-    out = ref.generate_one(prompt, Request(max_tokens=12, stop_token_ids=(stop_tok,)))
+    out = ref.generate_one(prompt, RequestSettings(max_tokens=12, stop_token_ids=(stop_tok,)))
     first = free.token_ids.index(stop_tok)
     assert out.token_ids == free.token_ids[: first + 1]
     assert out.finish_reason == "stop"
@@ -123,18 +128,16 @@ def test_eos_inside_block_is_kept_and_rest_dropped(ref: ReferenceDecoder) -> Non
 
 def test_max_tokens_inside_block(ref: ReferenceDecoder) -> None:
     prompt = [100, 101]
-    full = ref.generate_one(prompt, Request(max_tokens=12, ignore_eos=True))
-    out = ref.generate_one(prompt, Request(max_tokens=5, ignore_eos=True))
+    full = ref.generate_one(prompt, RequestSettings(max_tokens=12, ignore_eos=True))
+    out = ref.generate_one(prompt, RequestSettings(max_tokens=5, ignore_eos=True))
     assert out.token_ids == full.token_ids[:5] and out.finish_reason == "length"
 
 
 def test_seeded_sampling_reproducible(ref: ReferenceDecoder) -> None:
-    sampling = Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=11)
-    a = ref.generate_one([5, 6, 7], Request(max_tokens=8, sampling=sampling))
-    b = ref.generate_one([5, 6, 7], Request(max_tokens=8, sampling=sampling))
-    c = ref.generate_one(
-        [5, 6, 7], Request(max_tokens=8, sampling=Sampling(temperature=0.8, seed=12))
-    )
+    sampling = Sampling(temperature=0.8, top_p=0.9, top_k=40)
+    a = ref.generate_one([5, 6, 7], RequestSettings(max_tokens=8, sampling=sampling, seed=11))
+    b = ref.generate_one([5, 6, 7], RequestSettings(max_tokens=8, sampling=sampling, seed=11))
+    c = ref.generate_one([5, 6, 7], RequestSettings(max_tokens=8, sampling=sampling, seed=12))
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
 
@@ -143,7 +146,7 @@ def test_dynamic_threshold_saves_forwards_on_confident_model(ref: ReferenceDecod
     prompt = [100, 101, 102, 103]
     static = ref.generate_one(
         prompt,
-        Request(
+        RequestSettings(
             max_tokens=16,
             ignore_eos=True,
             options=SdarOptions(remasking_strategy="low_confidence_static"),
@@ -151,12 +154,14 @@ def test_dynamic_threshold_saves_forwards_on_confident_model(ref: ReferenceDecod
     )
     low = ref.generate_one(
         prompt,
-        Request(max_tokens=16, ignore_eos=True, options=SdarOptions(confidence_threshold=0.05)),
+        RequestSettings(
+            max_tokens=16, ignore_eos=True, options=SdarOptions(confidence_threshold=0.05)
+        ),
     )
     assert low.num_denoise_forwards < static.num_denoise_forwards
 
 
 def test_moe_reference_runs(tiny_moe: Path) -> None:
     moe = ReferenceDecoder(tiny_moe)
-    out = moe.generate_one([5, 6, 7, 8, 9], Request(max_tokens=6, ignore_eos=True))
+    out = moe.generate_one([5, 6, 7, 8, 9], RequestSettings(max_tokens=6, ignore_eos=True))
     assert len(out.token_ids) == 6

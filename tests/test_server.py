@@ -24,7 +24,8 @@ import pytest
 from vllm_sdar.algorithm.config import SdarOptions
 from vllm_sdar.algorithm.decoding import Sampling
 from vllm_sdar.algorithm.logit_rules import LogitRules
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request, Result
+from vllm_sdar.algorithm.reference import ReferenceDecoder, Result
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.server_process import cli, metric_totals, serve, server_env
 
 pytestmark = pytest.mark.engine
@@ -81,14 +82,14 @@ def reference(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) ->
 def reference_result(ref: ReferenceDecoder, prompt: list[int], body: dict[str, Any]) -> Result:
     extra = {k: body[k] for k in SdarOptions.KEYS if k in body}
     extra.setdefault("confidence_threshold", DEPLOY_THRESHOLD)
-    request = Request(
+    request = RequestSettings(
         max_tokens=body["max_tokens"],
         sampling=Sampling(
             temperature=body.get("temperature", 0.0),
             top_k=body.get("top_k", 0),
             top_p=body.get("top_p", 1.0),
-            seed=body.get("seed"),
         ),
+        seed=body.get("seed"),
         options=SdarOptions.parse(extra),
         ignore_eos=body.get("ignore_eos", False),
         rules=LogitRules(

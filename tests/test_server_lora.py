@@ -21,7 +21,8 @@ import openai
 import pytest
 
 from vllm_sdar.algorithm.config import SdarOptions
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.convert.evaluate import prompt_ids
 from vllm_sdar.convert.lora import merge_adapter
 from vllm_sdar.convert.subtraction import Subtraction
@@ -71,7 +72,7 @@ def problems() -> dict[str, list[Any]]:
 
 
 def expected(ref: ReferenceDecoder, problem: Any) -> list[int]:
-    request = Request(max_tokens=8, options=SdarOptions(**OPTIONS))
+    request = RequestSettings(max_tokens=8, options=SdarOptions(**OPTIONS))
     return ref.generate_one(prompt_ids(ref.tokenizer, problem), request).token_ids
 
 

@@ -17,6 +17,7 @@ from vllm import LLM, SamplingParams
 
 from vllm_sdar.algorithm.decoding import decided_prefix
 from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.stream_steps import Stream, stream_steps
 
 from .engine_helpers import (
@@ -25,7 +26,6 @@ from .engine_helpers import (
     params,
     prompt_of,
     record_preemptions,
-    reference_request,
     scheduler_of,
     sdar_llm,
     tight_kv_llm,
@@ -54,7 +54,7 @@ class SentIsTheDecidedPrefix:
     def __call__(self, streams: dict[str, Stream]) -> None:
         B = self.scheduler.sdar.block_size
         # vLLM suffixes the request ids it is given ("s0" -> "s0-1a2b3c4d").
-        by_id = {rid.rsplit("-", 1)[0]: state for rid, state in self.scheduler.blocks.items()}
+        by_id = {rid.rsplit("-", 1)[0]: state for rid, state in self.scheduler.open_blocks.items()}
         for rid, s in streams.items():
             state = by_id.get(rid)
             if state is None or s.finish_reason is not None:
@@ -114,7 +114,7 @@ def test_stream_equals_reference_b8(tiny_dense_b8: Path, seeded: bool) -> None:
     with sdar_llm(tiny_dense_b8) as llm8:
         streams = checked_streams(llm8, ref8.mask_id, prompts, ps)
     for prompt, p, s in zip(prompts, ps, streams, strict=True):
-        want = ref8.generate_one(prompt, reference_request(p))
+        want = ref8.generate_one(prompt, RequestSettings.from_params(p))
         assert s.token_ids == want.token_ids
         assert s.forwards == want.num_denoise_forwards
 
@@ -136,14 +136,14 @@ def test_preemption_in_a_partly_streamed_block(tiny_dense: Path, ref: ReferenceD
     with tight_kv_llm(tiny_dense) as small:
 
         def inside_a_streamed_block(scheduler: Any, request: Any) -> bool:
-            state = scheduler.blocks[request.request_id]  # the engine's own id
+            state = scheduler.open_blocks[request.request_id]  # the engine's own id
             return 0 < state.sent < len(state.tokens)
 
         partly_streamed = record_preemptions(small, inside_a_streamed_block)
         streams = checked_streams(small, ref.mask_id, prompts, ps)
     assert partly_streamed, "the workload was meant to preempt inside a streamed block"
     for prompt, p, s in zip(prompts, ps, streams, strict=True):
-        want = ref.generate_one(prompt, reference_request(p))
+        want = ref.generate_one(prompt, RequestSettings.from_params(p))
         assert s.token_ids == want.token_ids
 
 
@@ -188,7 +188,7 @@ def test_early_finish_at_max_tokens_saves_forwards(llm: LLM, ref: ReferenceDecod
     (s,) = stream_steps(llm, [prompt], [p])
     assert len(s.token_ids) == 6 and s.finish_reason == "length"
     assert s.forwards == 6
-    assert s.token_ids == ref.generate_one(prompt, reference_request(p)).token_ids
+    assert s.token_ids == ref.generate_one(prompt, RequestSettings.from_params(p)).token_ids
 
 
 def _first_new(tokens: list[int], start: int) -> int:
@@ -210,7 +210,7 @@ def test_stop_token_in_the_prefix_finishes_at_once(llm: LLM, ref: ReferenceDecod
     assert s.token_ids == free.token_ids[: k + 1]
     assert s.finish_reason == "stop"
     assert s.forwards == k + 1 < free.forwards  # the block's other slots never ran
-    want = ref.generate_one(prompt, reference_request(p))
+    want = ref.generate_one(prompt, RequestSettings.from_params(p))
     assert (want.token_ids, want.num_denoise_forwards) == (s.token_ids, s.forwards)
 
 
@@ -246,5 +246,5 @@ def test_logprobs_stream_with_their_tokens(llm: LLM, ref: ReferenceDecoder) -> N
         assert len(s.logprobs) == len(s.token_ids)
         for position, token in zip(s.logprobs, s.token_ids, strict=True):
             assert token in position  # each chunk's rows are its own tokens'
-        want = ref.generate_one(prompt, reference_request(p))
+        want = ref.generate_one(prompt, RequestSettings.from_params(p))
         assert_logprobs_match(s.logprobs, want.logprobs)

@@ -20,7 +20,8 @@ from typing import Any
 import openai
 import pytest
 
-from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.server_process import serve
 
 pytestmark = pytest.mark.engine
@@ -148,7 +149,7 @@ def test_completion_structured_outputs_equal_reference(
             grammar=fields.get("grammar"),
             any_whitespace=False,
         )
-        want = ref.generate_one(prompt, Request(max_tokens=16, structured=spec))
+        want = ref.generate_one(prompt, RequestSettings(max_tokens=16, structured=spec))
         assert list(out.token_ids) == want.token_ids, fields
 
 

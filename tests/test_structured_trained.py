@@ -20,10 +20,11 @@ from vllm import SamplingParams
 from vllm.sampling_params import StructuredOutputsParams
 
 from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.convert.evaluate import answer_ok, prompt_ids
 from vllm_sdar.convert.toy import asset_dirs, held_out, trained_task
 
-from .engine_helpers import denoise_forwards, generate_ids, reference_request, sdar_llm
+from .engine_helpers import denoise_forwards, generate_ids, sdar_llm
 
 pytestmark = pytest.mark.engine
 
@@ -90,7 +91,7 @@ def test_constrained_requests_stay_parallel_on_trained_models(task: str) -> None
             for prompt, p, o, problem in list(zip(prompts, ps, outs, problems))[:4]:
                 spec = GrammarSpec.from_params(p.structured_outputs)
                 want = ref.generate_one(
-                    prompt, dataclasses.replace(reference_request(p), structured=spec)
+                    prompt, dataclasses.replace(RequestSettings.from_params(p), structured=spec)
                 )
                 assert list(o.token_ids) == want.token_ids, problem
                 assert denoise_forwards(o) == want.num_denoise_forwards, problem

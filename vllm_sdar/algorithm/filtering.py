@@ -1,7 +1,7 @@
 """Top-k and top-p (nucleus) filtering of logits rows.
 
 Owns the per-row filter the proposals apply before a sampled draw
-(`_filter_rows`: each row its own top_k / top_p, removed tokens -> -inf),
+(`filter_rows`: each row its own top_k / top_p, removed tokens -> -inf),
 the nucleus rule itself (`_nucleus`), its uniform-parameter wrapper
 (`filter_top_k_top_p`) and the first candidate count of the CPU path's
 growing nucleus search (`NUCLEUS_FIRST_K`). Pure torch, no vLLM.
@@ -15,7 +15,7 @@ import torch
 NUCLEUS_FIRST_K = 1024
 
 
-def _filter_rows(
+def filter_rows(
     logits: torch.Tensor,
     top_k: torch.Tensor | None,
     max_k: int,
@@ -78,7 +78,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     n, vocab = logits.shape
     k = top_k if 0 < top_k < vocab else 0
     p = top_p if 0.0 < top_p < 1.0 else 1.0
-    return _filter_rows(
+    return filter_rows(
         logits,
         torch.full((n,), k, dtype=torch.long, device=logits.device) if k else None,
         k,

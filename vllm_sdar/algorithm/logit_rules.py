@@ -84,6 +84,19 @@ class LogitRules:
 
 
 @dataclass(frozen=True)
+class RuleContext:
+    """What a block's logits transforms read besides the block itself.
+
+    generated: the request's final output tokens (or only their trailing
+    `rules.history_needed`); prompt: the prompt ids, for repetition_penalty.
+    """
+
+    rules: LogitRules
+    generated: Sequence[int] = ()
+    prompt: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
 class BlockRows:
     """The masked rows of one block, with what its rules read.
 

@@ -7,8 +7,10 @@ rank) and one block's share of them (`SlotLogprobs`). Pure torch, no vLLM.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -21,9 +23,19 @@ class SlotLogprobs:
     """
 
     slots: list[int]  # offsets into the block's open slots
-    token_ids: torch.Tensor  # [n, k + 1] int64
-    logprobs: torch.Tensor  # [n, k + 1] float32
-    ranks: torch.Tensor  # [n] int64
+    token_ids: np.ndarray  # [n, k + 1] int64
+    logprobs: np.ndarray  # [n, k + 1] float32
+    ranks: np.ndarray  # [n] int64
+
+    @staticmethod
+    def concat(parts: Sequence[SlotLogprobs]) -> SlotLogprobs:
+        """Several steps' rows of one block, step after step."""
+        return SlotLogprobs(
+            [s for p in parts for s in p.slots],
+            np.concatenate([p.token_ids for p in parts]),
+            np.concatenate([p.logprobs for p in parts]),
+            np.concatenate([p.ranks for p in parts]),
+        )
 
 
 def gather_logprobs(

@@ -16,11 +16,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vllm_sdar.algorithm.denoising import (
+    STRATEGY_CODES,
+    BlockDecoding,
+    Denoising,
+    Sampling,
+    quota_schedule,
+)
 from vllm_sdar.algorithm.grammar_rule import without_stop_ids
-from vllm_sdar.algorithm.logit_rules import BlockRows, LogitRules
-from vllm_sdar.algorithm.noise import StepNoise
-from vllm_sdar.algorithm.rules import OutputRules, RuleContext
-from vllm_sdar.algorithm.schedule import STRATEGY_CODES, Denoising, Sampling, quota_schedule
+from vllm_sdar.algorithm.logit_rules import BlockRows, LogitRules, RuleContext
+from vllm_sdar.algorithm.noise import StepNoise, step_noise
+from vllm_sdar.algorithm.output_rules import OutputRules
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,33 @@ class BlockStep:
     context: RuleContext | None = None
     num_logprobs: int | None = None
     grammar_mask: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls,
+        decoding: BlockDecoding,
+        tokens: Sequence[int],
+        block_start: int,
+        step: int,
+        first_output_pos: int = 0,
+        context: RuleContext | None = None,
+        grammar_mask: np.ndarray | None = None,
+    ) -> BlockStep:
+        """A request's block at one denoising step; the seeded noise is keyed
+        by (seed, block start, step), so every path draws the same."""
+        sampled = not decoding.sampling.greedy
+        return cls(
+            tokens=tokens,
+            step=step,
+            denoising=decoding.denoising,
+            sampling=decoding.sampling,
+            noise=step_noise(decoding.seed, block_start, step) if sampled else None,
+            output_rules=decoding.output_rules,
+            first_output_pos=first_output_pos,
+            context=context,
+            num_logprobs=decoding.num_logprobs,
+            grammar_mask=grammar_mask,
+        )
 
 
 @dataclass

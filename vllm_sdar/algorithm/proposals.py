@@ -1,10 +1,10 @@
 """Proposals: each masked slot's token (x0), confidence and entropy.
 
-Owns the draw of every masked row at once (`_propose_rows`: temperature,
+Owns the draw of every masked row at once (`propose_rows`: temperature,
 min_p, top-k/top-p, greedy argmax or a Gumbel-max draw with the seeded or
-generator noise), its per-row parameters on the logits' device (`_Rows`),
+generator noise), its per-row parameters on the logits' device (`ProposalRows`),
 the single-request form (`propose`), and the CPU path's row chunks
-(`cpu_row_chunk`, `_concat_proposals`). Pure torch, no vLLM.
+(`cpu_row_chunk`, `concat_proposals`). Pure torch, no vLLM.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_sdar.algorithm.filtering import _filter_rows
+from vllm_sdar.algorithm.denoising import Sampling
+from vllm_sdar.algorithm.filtering import filter_rows
 from vllm_sdar.algorithm.logit_rules import apply_min_p
 from vllm_sdar.algorithm.noise import StepNoise, _log_exponential_noise
-from vllm_sdar.algorithm.schedule import Sampling
 
 # Logits per proposal chunk on the CPU path: one block of a Qwen3
 # vocabulary. A chunk's vocabulary-wide temporaries (4 x 151,936 x 4 bytes
@@ -39,7 +39,7 @@ def cpu_row_chunk(vocab: int) -> int:
 Proposal = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 
-def _concat_proposals(
+def concat_proposals(
     parts: list[Proposal],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     """The chunks' proposals; the drawn-from logits stay a list (only
@@ -54,7 +54,7 @@ def _concat_proposals(
 
 
 @dataclass(frozen=True)
-class _Rows:
+class ProposalRows:
     """Per-row parameters on the logits' device, None where no row uses them."""
 
     temperature: torch.Tensor | None  # [M]
@@ -67,11 +67,11 @@ class _Rows:
     all_greedy: bool
     max_top_k: int
 
-    def rows(self, start: int, end: int) -> _Rows:
+    def rows(self, start: int, end: int) -> ProposalRows:
         def part(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[start:end]
 
-        return _Rows(
+        return ProposalRows(
             part(self.temperature),
             part(self.top_k),
             part(self.top_p),
@@ -84,9 +84,9 @@ class _Rows:
         )
 
 
-def _propose_rows(
+def propose_rows(
     logits: torch.Tensor,
-    rows: _Rows,
+    rows: ProposalRows,
     generator: torch.Generator | None,
     with_entropy: bool,
     sync_free: bool,
@@ -110,7 +110,7 @@ def _propose_rows(
     drawn_from = scaled
     top = row_max
     if not rows.all_greedy:
-        drawn_from = _filter_rows(scaled, rows.top_k, rows.max_top_k, rows.top_p, sync_free)
+        drawn_from = filter_rows(scaled, rows.top_k, rows.max_top_k, rows.top_p, sync_free)
         # Gumbel-max (argmax of log p - log q, q ~ Exp(1)): an exact
         # categorical draw, the exponential race argmax p / q in log space.
         log_q = _log_exponential_noise(
@@ -157,7 +157,7 @@ def propose(
     top_k = sampling.top_k if not greedy and 0 < sampling.top_k < vocab else 0
     top_p = sampling.top_p if not greedy and 0.0 < sampling.top_p < 1.0 else 1.0
     noise = generator if isinstance(generator, StepNoise) else None
-    rows = _Rows(
+    rows = ProposalRows(
         temperature=None if greedy else torch.full((n,), sampling.temperature, device=device),
         top_k=torch.full((n,), top_k, dtype=torch.long, device=device) if top_k else None,
         top_p=torch.full((n,), top_p, device=device) if top_p < 1.0 else None,
@@ -171,7 +171,7 @@ def propose(
         max_top_k=top_k,
     )
     gen = generator if isinstance(generator, torch.Generator) else None
-    x0, confidence, entropy, _ = _propose_rows(
+    x0, confidence, entropy, _ = propose_rows(
         logits, rows, gen, with_entropy, sync_free=device.type != "cpu"
     )
     return x0, confidence, entropy

@@ -9,16 +9,15 @@ its open block holds a stop token or reaches max_tokens (the early finish,
 which the engine applies too), instead of finishing that block first; the
 tokens are the same, only forwards are saved.
 
-Structured outputs (`Request.structured`) follow `grammar_rule`'s
+Structured outputs (`RequestSettings.structured`) follow `grammar_rule`'s
 left-to-right rule with an xgrammar GrammarMatcher compiled the way vLLM's
 xgrammar backend compiles it (same tokenizer info, options and stop ids).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,13 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, DynamicCache, GenerationConfig
 
 from vllm_sdar.algorithm.config import (
-    SdarOptions,
     register_hf_configs,
     resolve_block_size,
     resolve_mask_id,
     resolve_max_block_steps,
 )
 from vllm_sdar.algorithm.decoding import (
-    Denoising,
-    OutputRules,
     RuleContext,
-    Sampling,
     decided_prefix,
     denoise_step_full,
     first_block,
@@ -46,23 +41,7 @@ from vllm_sdar.algorithm.decoding import (
 from vllm_sdar.algorithm.grammar_compile import ConstraintCompiler, GrammarSpec
 from vllm_sdar.algorithm.grammar_rule import accept_left_to_right
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
-from vllm_sdar.algorithm.logit_rules import LogitRules
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request's decoding parameters (vLLM SamplingParams' meanings)."""
-
-    max_tokens: int = 16
-    sampling: Sampling = field(default_factory=Sampling)
-    options: SdarOptions = field(default_factory=SdarOptions)
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    rules: LogitRules = field(default_factory=LogitRules)
-    num_logprobs: int | None = None  # vLLM's `logprobs`
-    structured: GrammarSpec | None = None  # vLLM's `structured_outputs`
-
+from vllm_sdar.algorithm.request_settings import RequestSettings
 
 # One output token's logprobs: (token ids, values, rank of the chosen token),
 # ids/values led by the chosen token then the top num_logprobs (vLLM's layout).
@@ -126,20 +105,14 @@ class ReferenceDecoder:
         return self.model(ids, start=start, cache=cache, block_size=self.block_size)[0]
 
     @torch.inference_mode()
-    def generate_one(self, prompt: Sequence[int], request: Request) -> Result:
+    def generate_one(self, prompt: Sequence[int], request: RequestSettings) -> Result:
         if not prompt:
             raise ValueError("prompt must not be empty")
         B = self.block_size
-        denoising: Denoising = request.options.denoising(B)
-        sampling = request.sampling
-        seed = sampling.seed if sampling.seed is not None else random.getrandbits(62)
-        stops = set(request.stop_token_ids)
-        # min_tokens holds back every stop id, EOS too under ignore_eos (vLLM).
-        rules = OutputRules(request.min_tokens, tuple(sorted(stops | self.eos_ids)))
-        if not request.ignore_eos:
-            stops |= self.eos_ids
+        decoding = request.block_decoding(B, self.eos_ids)
+        sampling, stops = decoding.sampling, decoding.finish_ids
         matcher = (
-            self.grammar_matcher(request.structured, rules.stop_ids)
+            self.grammar_matcher(request.structured, decoding.output_rules.stop_ids)
             if request.structured is not None
             else None
         )
@@ -168,7 +141,7 @@ class ReferenceDecoder:
                 cache.crop(-B)  # a denoising forward is never stored
                 forwards += 1
                 denoise_forwards += 1
-                gen = None if sampling.greedy else step_noise(seed, start, step)
+                gen = None if sampling.greedy else step_noise(decoding.seed, start, step)
                 open_slots = block[tail:]
                 masked = (open_slots == self.mask_id).to(logits.device)
                 context = RuleContext(request.rules, list(generated), list(prompt))
@@ -181,10 +154,10 @@ class ReferenceDecoder:
                     logits[tail:][masked],
                     self.mask_id,
                     step,
-                    denoising,
+                    decoding.denoising,
                     sampling,
                     gen,
-                    output_rules=rules,
+                    output_rules=decoding.output_rules,
                     first_output_pos=len(generated),
                     context=context,
                     num_logprobs=request.num_logprobs,
@@ -229,10 +202,14 @@ class ReferenceDecoder:
             block = torch.full((B,), self.mask_id)
 
     def generate(
-        self, prompts: Iterable[Sequence[int]], request: Request | Sequence[Request]
+        self,
+        prompts: Iterable[Sequence[int]],
+        request: RequestSettings | Sequence[RequestSettings],
     ) -> list[Result]:
         prompts = list(prompts)
-        requests = [request] * len(prompts) if isinstance(request, Request) else list(request)
+        requests = (
+            [request] * len(prompts) if isinstance(request, RequestSettings) else list(request)
+        )
         return [self.generate_one(p, r) for p, r in zip(prompts, requests, strict=True)]
 
 

@@ -2,7 +2,7 @@
 
 Owns the four unmasking rules (low_confidence_static / _dynamic,
 sequential, entropy_bounded) applied to every request of a step at once on
-a padded [requests, width] table (`_select_rows`, `_padded`), and the
+a padded [requests, width] table (`select_rows`, `_padded`), and the
 single-request form (`select_slots`). Pure torch, no vLLM.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from vllm_sdar.algorithm.schedule import (
-    _DYNAMIC,
-    _ENTROPY,
-    _SEQUENTIAL,
-    _STATIC,
+from vllm_sdar.algorithm.denoising import (
+    DYNAMIC,
+    ENTROPY,
+    SEQUENTIAL,
+    STATIC,
     STRATEGY_CODES,
     Denoising,
 )
@@ -29,7 +29,7 @@ def _padded(
     return out.view(shape)
 
 
-def _select_rows(
+def select_rows(
     confidence: torch.Tensor,
     entropy: torch.Tensor | None,
     padded_index: torch.Tensor,
@@ -54,25 +54,25 @@ def _select_rows(
     def rank_of(order: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(order).scatter_(1, order, cols)
 
-    if strategies & {_STATIC, _DYNAMIC}:
+    if strategies & {STATIC, DYNAMIC}:
         conf = _padded(confidence, padded_index, shape, -1.0)  # padding ranks last
         top = rank_of(torch.sort(conf, dim=1, descending=True, stable=True).indices) < quota
-        if _STATIC in strategies:
-            chosen = torch.where(code == _STATIC, top, chosen)
-        if _DYNAMIC in strategies:
+        if STATIC in strategies:
+            chosen = torch.where(code == STATIC, top, chosen)
+        if DYNAMIC in strategies:
             above = conf > request_float[:, 0:1]
             enough = above.sum(dim=1, keepdim=True) >= quota
-            chosen = torch.where(code == _DYNAMIC, torch.where(enough, above, top), chosen)
-    if _SEQUENTIAL in strategies:
-        chosen = torch.where(code == _SEQUENTIAL, cols < quota, chosen)
-    if _ENTROPY in strategies:
+            chosen = torch.where(code == DYNAMIC, torch.where(enough, above, top), chosen)
+    if SEQUENTIAL in strategies:
+        chosen = torch.where(code == SEQUENTIAL, cols < quota, chosen)
+    if ENTROPY in strategies:
         if entropy is None:
             raise ValueError("entropy_bounded needs the slots' entropies")
         ent = _padded(entropy, padded_index, shape, float("inf"))  # padding sums last
         ascending, order = torch.sort(ent, dim=1, stable=True)
         within = torch.cumsum(ascending, dim=1) <= request_float[:, 1:2]
         count = within.sum(dim=1, keepdim=True).clamp(min=1)
-        chosen = torch.where(code == _ENTROPY, rank_of(order) < count, chosen)
+        chosen = torch.where(code == ENTROPY, rank_of(order) < count, chosen)
     return chosen.view(-1)[padded_index]
 
 
@@ -88,7 +88,7 @@ def select_slots(
         raise ValueError(f"unknown remasking_strategy {denoising.strategy!r}")
     n = confidence.shape[0]
     device = confidence.device
-    chosen = _select_rows(
+    chosen = select_rows(
         confidence.float(),
         None if entropy is None else entropy.float(),
         torch.arange(n, device=device),

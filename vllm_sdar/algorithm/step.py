@@ -18,15 +18,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vllm_sdar.algorithm.denoising import ENTROPY, Denoising, Sampling
 from vllm_sdar.algorithm.grammar_rule import force_rows, mask_rows
-from vllm_sdar.algorithm.logit_rules import apply_logit_rules
+from vllm_sdar.algorithm.logit_rules import RuleContext, apply_logit_rules
 from vllm_sdar.algorithm.logprobs import SlotLogprobs, gather_logprobs
 from vllm_sdar.algorithm.noise import StepNoise
+from vllm_sdar.algorithm.output_rules import OutputRules
 from vllm_sdar.algorithm.packing import BlockStep, StepPack, pack_step
-from vllm_sdar.algorithm.proposals import _concat_proposals, _propose_rows, _Rows, cpu_row_chunk
-from vllm_sdar.algorithm.rules import OutputRules, RuleContext
-from vllm_sdar.algorithm.schedule import _ENTROPY, Denoising, Sampling
-from vllm_sdar.algorithm.selection import _select_rows
+from vllm_sdar.algorithm.proposals import (
+    ProposalRows,
+    concat_proposals,
+    cpu_row_chunk,
+    propose_rows,
+)
+from vllm_sdar.algorithm.selection import select_rows
 
 
 @dataclass(frozen=True)
@@ -62,32 +67,20 @@ class StepResult:
             out[masked[j]] = token
         return out
 
-    def logprob_arrays(
-        self, block: int
-    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None:
-        """(slots, ids, values, ranks) of the decided slots, the block's own
-        width; None when the block has no masked slot or asked for none."""
+    def slot_logprobs(self, block: int) -> SlotLogprobs | None:
+        """The decided slots' logprobs, the block's own width; None when the
+        block has no masked slot or asked for none."""
         b = self.pack.blocks[block]
         if b.num_logprobs is None or not self.pack.masked[block]:
             return None
         rows, _ = self.decided(block)
         k = self.pack.vocab if b.num_logprobs < 0 else min(b.num_logprobs, self.pack.vocab)
         lp = np.asarray(rows, dtype=np.int64) + self.pack.lp_first[block]
-        slots = [self.pack.masked[block][j] for j in rows]
-        return (
-            slots,
-            self.lp_ids[lp, : k + 1],
-            self.lp_values[lp, : k + 1],
-            self.lp_ranks[lp],
-        )
-
-    def slot_logprobs(self, block: int) -> SlotLogprobs | None:
-        arrays = self.logprob_arrays(block)
-        if arrays is None:
-            return None
-        slots, ids, values, ranks = arrays
         return SlotLogprobs(
-            slots, torch.from_numpy(ids), torch.from_numpy(values), torch.from_numpy(ranks)
+            slots=[self.pack.masked[block][j] for j in rows],
+            token_ids=self.lp_ids[lp, : k + 1],
+            logprobs=self.lp_values[lp, : k + 1],
+            ranks=self.lp_ranks[lp],
         )
 
 
@@ -158,7 +151,7 @@ def denoise_batch(
         # `work` is this step's own tensor (a copy, or the runner's logits).
         work = apply_logit_rules(work, pack.rule_blocks, inplace=True)
     sampled_only = pack.any_sampled and not pack.any_greedy
-    rows = _Rows(
+    rows = ProposalRows(
         temperature=row_float[:, 0] if pack.any_sampled else None,
         top_k=row_int[:, 1] if pack.max_top_k else None,
         top_p=row_float[:, 1] if pack.any_top_p else None,
@@ -169,12 +162,12 @@ def denoise_batch(
         all_greedy=not pack.any_sampled,
         max_top_k=pack.max_top_k,
     )
-    with_entropy = _ENTROPY in pack.strategies
+    with_entropy = ENTROPY in pack.strategies
     chunk = cpu_row_chunk(pack.vocab)
     if cpu_path and pack.num_rows > chunk:
-        x0, confidence, entropy, drawn_from = _concat_proposals(
+        x0, confidence, entropy, drawn_from = concat_proposals(
             [
-                _propose_rows(
+                propose_rows(
                     work[start : start + chunk],
                     rows.rows(start, start + chunk),
                     generator,
@@ -185,13 +178,13 @@ def denoise_batch(
             ]
         )
     else:
-        x0, confidence, entropy, drawn_from = _propose_rows(
+        x0, confidence, entropy, drawn_from = propose_rows(
             work, rows, generator, with_entropy, sync_free=not cpu_path
         )
     if grammar_rows is not None:
         # ...and counts as certain in the selection: always unmasked.
         force_rows(confidence, entropy, grammar_rows)
-    chosen = _select_rows(
+    chosen = select_rows(
         confidence,
         entropy,
         row_int[:, 0],

@@ -22,7 +22,8 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, Qwen3ForCausalLM
 
 from vllm_sdar.algorithm.config import SdarOptions
-from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+from vllm_sdar.algorithm.reference import ReferenceDecoder
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.convert.ar import greedy
 from vllm_sdar.convert.task_base import Problem
 
@@ -104,7 +105,7 @@ def eval_sdar(
     max_tokens: int = MAX_TOKENS,
 ) -> Score:
     options = SdarOptions(remasking_strategy=strategy, confidence_threshold=threshold or 0.85)
-    request = Request(max_tokens=max_tokens, options=options)  # greedy by default
+    request = RequestSettings(max_tokens=max_tokens, options=options)  # greedy by default
     tokenizer = decoder.tokenizer
     correct = tokens = forwards = denoise = 0
     for problem in problems:

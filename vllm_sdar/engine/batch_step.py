@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from vllm.v1.outputs import LogprobsLists
 
-from vllm_sdar.algorithm.decoding import denoise_batch, pack_step
-from vllm_sdar.engine.inner_steps import StepLogprobs, block_step
+from vllm_sdar.algorithm.decoding import SlotLogprobs, denoise_batch, pack_step
 from vllm_sdar.engine.plan import BlockPlan
 
 
@@ -96,20 +95,20 @@ class BatchStep:
         active = [i for i, n in enumerate(self.num_logits) if n]
         if logits is None or not active:
             return sampled, None
-        blocks = [block_step(self.plans[i]) for i in active]  # type: ignore[arg-type]
+        blocks = [self.plans[i].block_step() for i in active]  # type: ignore[union-attr]
         mask_id = self.plans[active[0]].mask_id  # type: ignore[union-attr]
         pack = pack_step(blocks, [self.num_logits[i] for i in active], mask_id, logits.shape[-1])
         # One batched step for every request; the logits are this step's own
         # tensor, so the forbidden tokens go in in place.
         result = denoise_batch(logits, pack, logprobs_mode=logprobs_mode, inplace=True)
-        per_request: list[StepLogprobs | None] = [None] * len(self.req_ids)
+        per_request: list[SlotLogprobs | None] = [None] * len(self.req_ids)
         for b, i in enumerate(active):
             sampled[i] = result.tokens(b)
-            per_request[i] = result.logprob_arrays(b)
+            per_request[i] = result.slot_logprobs(b)
         return sampled, logprobs_lists(per_request)
 
 
-def logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | None:
+def logprobs_lists(per_request: list[SlotLogprobs | None]) -> LogprobsLists | None:
     """Every request's unmasked-slot rows in one LogprobsLists.
 
     Request i's rows are cu_num_generated_tokens[i]:[i + 1] (slots unmasked
@@ -118,18 +117,17 @@ def logprobs_lists(per_request: list[StepLogprobs | None]) -> LogprobsLists | No
     """
     if all(lp is None for lp in per_request):
         return None
-    width = max(lp[1].shape[1] for lp in per_request if lp is not None)
+    width = max(lp.token_ids.shape[1] for lp in per_request if lp is not None)
     cu, ids, vals, ranks = [0], [], [], []
     for lp in per_request:
-        n = 0 if lp is None else len(lp[0])
+        n = 0 if lp is None else len(lp.slots)
         cu.append(cu[-1] + n)
-        if not n:
+        if lp is None or not n:
             continue
-        _, lp_ids, lp_vals, lp_ranks = lp
-        pad = width - lp_ids.shape[1]
-        ids.append(np.pad(lp_ids, ((0, 0), (0, pad))))
-        vals.append(np.pad(lp_vals, ((0, 0), (0, pad)), constant_values=-np.inf))
-        ranks.append(lp_ranks)
+        pad = width - lp.token_ids.shape[1]
+        ids.append(np.pad(lp.token_ids, ((0, 0), (0, pad))))
+        vals.append(np.pad(lp.logprobs, ((0, 0), (0, pad)), constant_values=-np.inf))
+        ranks.append(lp.ranks)
     if not ids:
         return LogprobsLists(
             np.zeros((0, width), np.int64),

@@ -33,36 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vllm_sdar.algorithm.decoding import (
-    BlockStep,
-    decided_prefix,
-    denoise_batch,
-    pack_step,
-    step_noise,
-)
+from vllm_sdar.algorithm.decoding import SlotLogprobs, decided_prefix, denoise_batch, pack_step
 from vllm_sdar.engine.plan import BlockPlan
-
-# (slots, ids [n, k + 1], values [n, k + 1], ranks [n]) of one request's step.
-StepLogprobs = tuple[list[int], np.ndarray, np.ndarray, np.ndarray]
-
-
-def block_step(
-    plan: BlockPlan, tokens: list[int] | None = None, step: int | None = None
-) -> BlockStep:
-    """The unmasking inputs of one block: the plan's own step unless told."""
-    step = plan.step if step is None else step
-    return BlockStep(
-        tokens=plan.block_tokens if tokens is None else tokens,
-        step=step,
-        denoising=plan.denoising,
-        sampling=plan.sampling,
-        noise=None if plan.sampling.greedy else step_noise(plan.seed, plan.block_start, step),
-        output_rules=plan.output_rules,
-        first_output_pos=plan.first_output_pos,
-        context=plan.context,
-        num_logprobs=plan.num_logprobs,
-        grammar_mask=plan.grammar_mask,
-    )
 
 
 @dataclass
@@ -75,7 +47,7 @@ class InnerBlock:
     tokens: list[int]
     step: int
     after_steps: list[list[int]] = field(default_factory=list)
-    logprobs: list[StepLogprobs] = field(default_factory=list)
+    logprobs: list[SlotLogprobs] = field(default_factory=list)
     live: bool = True
 
     def masked(self) -> list[int]:
@@ -83,36 +55,28 @@ class InnerBlock:
         return [i for i, t in enumerate(self.tokens) if t == mask]
 
     def advance(
-        self, tokens: list[int], logprobs: StepLogprobs | None, max_block_steps: int
+        self, tokens: list[int], logprobs: SlotLogprobs | None, max_block_steps: int
     ) -> None:
         self.tokens, self.step = tokens, self.step + 1
         self.after_steps.append(tokens)
         if logprobs is not None:
             self.logprobs.append(logprobs)
-        plan = self.plan
+        plan, ends = self.plan, self.plan.decoding
         decided = decided_prefix(tokens, plan.mask_id)
         self.live = not (
             decided == len(tokens)
             or self.step >= max_block_steps
             or plan.grammar_mask is not None
-            or any(t in plan.finish_ids for t in tokens[:decided])
-            or (plan.max_tokens is not None and plan.first_output_pos + decided >= plan.max_tokens)
+            or any(t in ends.finish_ids for t in tokens[:decided])
+            or (ends.max_tokens is not None and plan.first_output_pos + decided >= ends.max_tokens)
         )
 
     def sampled(self) -> list[int]:
         """Every step's block, concatenated (the scheduler splits them)."""
         return [t for block in self.after_steps for t in block]
 
-    def logprob_rows(self) -> StepLogprobs | None:
-        if not self.logprobs:
-            return None
-        slots = [s for lp in self.logprobs for s in lp[0]]
-        return (
-            slots,
-            np.concatenate([lp[1] for lp in self.logprobs]),
-            np.concatenate([lp[2] for lp in self.logprobs]),
-            np.concatenate([lp[3] for lp in self.logprobs]),
-        )
+    def logprob_rows(self) -> SlotLogprobs | None:
+        return SlotLogprobs.concat(self.logprobs) if self.logprobs else None
 
 
 class InnerSteps:
@@ -152,14 +116,14 @@ class InnerSteps:
             rows = np.concatenate([b.positions[m] for b, m in zip(live, masked, strict=True)])
             logits = compute_logits(hidden[torch.from_numpy(rows).to(device, non_blocking=True)])
             pack = pack_step(
-                [block_step(b.plan, b.tokens, b.step) for b in live],
+                [b.plan.block_step(b.tokens, b.step) for b in live],
                 [len(m) for m in masked],
                 live[0].plan.mask_id,
                 logits.shape[-1],
             )
             result = denoise_batch(logits, pack, logprobs_mode=self.logprobs_mode, inplace=True)
             for j, b in enumerate(live):
-                b.advance(result.tokens(j), result.logprob_arrays(j), self.max_block_steps)
+                b.advance(result.tokens(j), result.slot_logprobs(j), self.max_block_steps)
             live = [b for b in live if b.live]
             open_slots = sum(len(b.tokens) for b in live)
             if self.forwards >= self.max_steps or 2 * open_slots < self.scheduled_tokens:

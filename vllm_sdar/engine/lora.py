@@ -42,7 +42,7 @@ from vllm.v1.engine import EngineCoreOutput
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_sdar.engine.batch_step import logits_rows
-from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.plan import BlockPlan, plans_of
 from vllm_sdar.engine.request_end import ended_output
 
 logger = logging.getLogger("vllm." + __name__)
@@ -111,7 +111,7 @@ class SdarLoraRunnerMixin:
     ) -> tuple[torch.Tensor, Any, int]:
         if not self.lora_config:
             return super()._prepare_inputs(scheduler_output, num_scheduled_tokens)  # type: ignore[misc]
-        plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR, {})
+        plans: dict[str, BlockPlan] = plans_of(scheduler_output)
         batch = self.input_batch
         # The batch order is fixed before inputs are prepared (_update_states).
         rows = np.array(

@@ -30,11 +30,12 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_sdar.algorithm.config import SdarDeployment
+from vllm_sdar.algorithm.decoding import SlotLogprobs
 from vllm_sdar.engine.attention import make_block_causal
 from vllm_sdar.engine.batch_step import BatchStep, logprobs_lists
-from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps, StepLogprobs
+from vllm_sdar.engine.inner_steps import InnerBlock, InnerSteps
 from vllm_sdar.engine.lora import SdarLoraRunnerMixin
-from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.plan import BlockPlan, plans_of
 from vllm_sdar.engine.support import check_attention_backend
 
 
@@ -66,7 +67,7 @@ class SdarRunnerMixin:
     def _prepare_inputs(
         self, scheduler_output: Any, num_scheduled_tokens: np.ndarray
     ) -> tuple[torch.Tensor, Any, int]:
-        plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR, {})
+        plans: dict[str, BlockPlan] = plans_of(scheduler_output)
         batch = self.input_batch
         # V1 feeds ids from its per-request token rows: put the plan's there.
         for req_id, plan in plans.items():
@@ -141,7 +142,7 @@ class SdarRunnerMixin:
         ran, self._sdar_ran = self._sdar_ran, None
         if ran is not None:
             sampled: list[list[int]] = [[] for _ in step.req_ids]
-            per_block: list[StepLogprobs | None] = [None] * len(step.req_ids)
+            per_block: list[SlotLogprobs | None] = [None] * len(step.req_ids)
             for b in ran.blocks:
                 sampled[b.row] = b.sampled()
                 per_block[b.row] = b.logprob_rows()

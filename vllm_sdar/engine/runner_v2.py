@@ -25,7 +25,7 @@ from vllm.v1.worker.cpu.model_runner import CPUModelRunner
 from vllm.v1.worker.gpu.model_runner import GPUModelRunner
 
 from vllm_sdar.engine.model_state import SdarModelState
-from vllm_sdar.engine.plan import PLANS_ATTR
+from vllm_sdar.engine.plan import plans_of
 
 
 class SdarOutput(AsyncModelRunnerOutput):
@@ -49,7 +49,7 @@ class SdarRunnerV2Mixin:
     def execute_model(self, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
         state = self.model_state
         if isinstance(state, SdarModelState):
-            state.begin_step(getattr(scheduler_output, PLANS_ATTR, {}))
+            state.begin_step(plans_of(scheduler_output))
         return super().execute_model(scheduler_output, *args, **kwargs)  # type: ignore[misc]
 
     def sample_tokens(self, grammar_output: Any) -> Any:

@@ -34,14 +34,12 @@ accounting differs. vLLM dependencies are Scheduler internals of 0.32
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.sched.utils import remove_all
 from vllm.v1.engine import EngineCoreEventType, EngineCoreOutput, EngineCoreOutputs
@@ -51,17 +49,11 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from vllm_sdar.algorithm.config import SdarDeployment
-from vllm_sdar.algorithm.decoding import (
-    Denoising,
-    OutputRules,
-    RuleContext,
-    Sampling,
-    decided_prefix,
-    first_block,
-)
+from vllm_sdar.algorithm.decoding import BlockDecoding, RuleContext, decided_prefix, first_block
 from vllm_sdar.algorithm.logit_rules import LogitRules
+from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.engine.lora import LoraAdmission
-from vllm_sdar.engine.plan import PLANS_ATTR, BlockPlan
+from vllm_sdar.engine.plan import BlockPlan, SdarSchedulerOutput
 from vllm_sdar.engine.structured import StructuredOutputs, finish_grammar_errors, grammar_ready
 from vllm_sdar.engine.vllm_compat import (
     cached_request_data,
@@ -81,21 +73,39 @@ class BlockState:
 
     block_start: int
     tokens: list[int]  # the block's open slots (prompt-tail slots excluded)
-    denoising: Denoising
-    sampling: Sampling
-    seed: int
-    output_rules: OutputRules
+    decoding: BlockDecoding  # the request's constants, resolved once
     stream_blocks: bool = False  # hold tokens until the block is final
+    rules: LogitRules | None = None  # None: no logits transforms
     step: int = 0
     appended: int = 0  # leading slots appended to the request's output (final)
     sent: int = 0  # leading slots sent to the client (<= appended)
-    rules: LogitRules | None = None  # None: no logits transforms
-    # The ids vLLM's check_stop ends the request on (eos unless ignore_eos,
-    # stop_token_ids); shipped only with steps_per_iteration > 1.
-    finish_ids: frozenset[int] = frozenset()
-    num_logprobs: int | None = None
     # slot -> (ids, values, rank) from the step that unmasked it (logprobs only)
     logprobs: dict[int, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.decoding.num_logprobs
+
+
+@dataclass
+class _Step:
+    """What one schedule() call has decided so far."""
+
+    budget: int  # tokens still schedulable
+    now: float
+    plans: dict[str, BlockPlan] = field(default_factory=dict)
+    num_scheduled: dict[str, int] = field(default_factory=dict)
+    pages: dict[str, Any] = field(default_factory=dict)  # KV pages (vLLM's KVCacheBlocks)
+    running: list[Request] = field(default_factory=list)
+    new: list[Request] = field(default_factory=list)
+    resumed: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    def add(self, req_id: str, num_new: int, plan: BlockPlan, pages: Any) -> None:
+        self.plans[req_id] = plan
+        self.num_scheduled[req_id] = num_new
+        self.pages[req_id] = pages
+        self.budget -= num_new
 
 
 class SdarScheduler(Scheduler):
@@ -103,7 +113,7 @@ class SdarScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.sdar = SdarDeployment.from_hf_config(self.vllm_config.model_config.hf_config)
         self.runner_v2 = uses_model_runner_v2(self.vllm_config)
-        self.blocks: dict[str, BlockState] = {}
+        self.open_blocks: dict[str, BlockState] = {}
         text_config = self.vllm_config.model_config.hf_config.get_text_config()
         self.lora = LoraAdmission(
             self.lora_config, getattr(text_config, "max_position_embeddings", None)
@@ -119,31 +129,14 @@ class SdarScheduler(Scheduler):
             raise ValueError("SDAR serves generation requests only")
         B = self.sdar.block_size
         start, tail = first_block(request.num_prompt_tokens, B)
-        rules = LogitRules.from_params(params)
-        options = self.sdar.options_for(params.extra_args)
-        self.blocks[request.request_id] = BlockState(
+        settings = RequestSettings.from_params(params, self.sdar.defaults)
+        rules = settings.rules
+        self.open_blocks[request.request_id] = BlockState(
             block_start=start,
             tokens=[self.sdar.mask_id] * (B - tail),
-            denoising=options.denoising(B),
-            stream_blocks=options.stream_granularity == "block",
-            sampling=Sampling(
-                temperature=params.temperature,
-                top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
-                top_p=params.top_p,
-                seed=params.seed,
-            ),
-            # A seed drawn here (not on the workers) keeps unseeded sampling
-            # identical on every tensor-parallel rank.
-            seed=params.seed if params.seed is not None else random.getrandbits(62),
-            # all_stop_token_ids: stop_token_ids and every EOS id, as vLLM's
-            # own min_tokens processor uses them (also under ignore_eos).
-            output_rules=OutputRules(
-                min_tokens=params.min_tokens,
-                stop_ids=tuple(sorted(params.all_stop_token_ids)),
-            ),
+            decoding=settings.block_decoding(B),
+            stream_blocks=settings.options.stream_granularity == "block",
             rules=rules if rules.changes_logits or rules.min_p else None,
-            num_logprobs=params.logprobs,
-            finish_ids=frozenset({*(params.stop_token_ids or ()), params.eos_token_id} - {None}),
         )
         # Each denoising forward is reported like a speculative "verify step":
         # drafted = open slots predicted, accepted = slots unmasked.
@@ -151,14 +144,14 @@ class SdarScheduler(Scheduler):
         super().add_request(request)
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
-        self.blocks.pop(request.request_id, None)
+        self.open_blocks.pop(request.request_id, None)
         return super()._free_request(request, delay_free_blocks)
 
     # -- scheduling ----------------------------------------------------------
 
     def _plan(self, request: Request, computed: int, budget: int) -> tuple[int, BlockPlan | None]:
         """How many tokens to schedule from `computed`, and the step's plan."""
-        state = self.blocks[request.request_id]
+        state = self.open_blocks[request.request_id]
         end = state.block_start + self.sdar.block_size
         if end - computed <= budget:
             num_new, num_logits = end - computed, len(state.tokens)
@@ -184,33 +177,21 @@ class SdarScheduler(Scheduler):
             token_ids = request.all_token_ids[first : computed + num_new]
         first_output_pos = end - len(state.tokens) - request.num_prompt_tokens
         return num_new, BlockPlan(
-            context=self._rule_context(request, state, first_output_pos) if num_logits else None,
-            num_logprobs=state.num_logprobs,
             first_pos=first,
             token_ids=list(token_ids),
             num_logits=num_logits,
             mask_id=self.sdar.mask_id,
             block_start=state.block_start,
             step=state.step,
-            seed=state.seed,
-            denoising=state.denoising,
-            sampling=state.sampling,
-            output_rules=state.output_rules,
+            decoding=state.decoding,
             first_output_pos=first_output_pos,
+            context=self._rule_context(request, state, first_output_pos) if num_logits else None,
             grammar_mask=grammar_mask,
-            **self._inner_stops(request, state),
         )
-
-    def _inner_stops(self, request: Request, state: BlockState) -> dict[str, Any]:
-        """What lets the runner's inner loop stop where the replay will
-        (inner_steps.py); nothing when each iteration is one step."""
-        if self.sdar.steps_per_iteration == 1:
-            return {}
-        return {"finish_ids": state.finish_ids, "max_tokens": request.max_tokens}
 
     @staticmethod
     def _rule_context(
-        request: Request, state: BlockState, block_output_pos: int
+        request: Request, state: BlockState, first_output_pos: int
     ) -> RuleContext | None:
         """Only what the request's rules read travels with the plan.
 
@@ -221,58 +202,61 @@ class SdarScheduler(Scheduler):
         if rules is None:
             return None
         need = rules.history_needed
-        out = request.output_token_ids[:block_output_pos]
+        out = request.output_token_ids[:first_output_pos]
         generated = tuple(out if need is None else out[len(out) - need :] if need else ())
         prompt = tuple(request.prompt_token_ids or ()) if rules.repetition_penalty != 1.0 else ()
         return RuleContext(rules, generated, prompt)
 
-    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+    def schedule(self, throttle_prefills: bool = False) -> SdarSchedulerOutput:
+        """One denoising step for every running block, then admit waiting
+        requests while the token budget and KV pages last (FCFS)."""
         self.current_step += 1
-        budget = self.max_num_scheduled_tokens
-        plans: dict[str, BlockPlan] = {}
-        num_scheduled: dict[str, int] = {}
-        new_blocks: dict[str, Any] = {}
-        running_reqs: list[Request] = []
-        new_reqs: list[Request] = []
-        resumed_reqs: list[Request] = []
-        preempted: list[Request] = []
-        now = time.monotonic()
         self.kv_cache_manager.new_step_starts()
+        step = _Step(budget=self.max_num_scheduled_tokens, now=time.monotonic())
+        self._schedule_running(step)
+        # DP prefill balancing, as vLLM's schedule(): a throttled step admits
+        # no new prefill while some request is decoding, unless the rank is
+        # saturated (the attribute is absent before vLLM 0.33's balancing).
+        defer = (
+            throttle_prefills
+            and not getattr(self, "prefill_capacity_bound", False)
+            and any(not r.is_prefill_chunk for r in self.running)
+        )
+        if not step.preempted and not defer:
+            self._schedule_waiting(step)
+        output = self._scheduler_output(step)
+        self._advance_computed(step)
+        return output
 
+    def _schedule_running(self, step: _Step) -> None:
+        """The running requests in order; out of KV pages, the newest is
+        preempted (recomputed later), as in vLLM's schedule()."""
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and step.budget > 0:
             request = self.running[i]
-            num_new, plan = self._plan(request, request.num_computed_tokens, budget)
+            num_new, plan = self._plan(request, request.num_computed_tokens, step.budget)
             if plan is None:
                 i += 1
                 continue
-            while (blocks := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
-                # Out of KV pages: preempt the newest request (recompute later).
+            while (pages := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
                 victim = self.running.pop()
-                self._preempt_request(victim, now)
-                preempted.append(victim)
+                self._preempt_request(victim, step.now)
+                step.preempted.append(victim)
                 if victim is request:
                     break
-            if blocks is None:
+            if pages is None:
                 break
-            running_reqs.append(request)
-            new_blocks[request.request_id] = blocks
-            num_scheduled[request.request_id] = num_new
-            plans[request.request_id] = plan
-            budget -= num_new
+            step.running.append(request)
+            step.add(request.request_id, num_new, plan, pages)
             i += 1
 
+    def _schedule_waiting(self, step: _Step) -> None:
         # LoRA (engine/lora.py): requests whose adapter would exceed max_loras
         # wait without blocking the queue, as in vLLM's schedule().
         skipped: list[Request] = []
         if self.lora.enabled:
             self.lora.start(self.running)
-        while (
-            not preempted
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.max_num_running_reqs
-        ):
+        while self.waiting and step.budget > 0 and len(self.running) < self.max_num_running_reqs:
             request = self.waiting.peek_request()
             if self.lora.enabled:
                 if (why := self.lora.adapter_error(request)) is not None:
@@ -286,70 +270,75 @@ class SdarScheduler(Scheduler):
             if not grammar_ready(self, request):  # its grammar is still compiling
                 skipped.append(self.waiting.pop_request())
                 continue
-            hit_blocks, hit, _ = self.kv_cache_manager.get_computed_blocks(request)
-            num_new, plan = self._plan(request, hit, budget)
+            hit_pages, hit, _ = self.kv_cache_manager.get_computed_blocks(request)
+            num_new, plan = self._plan(request, hit, step.budget)
             if plan is None:
                 break
-            blocks = self.kv_cache_manager.allocate_slots(
-                request, num_new, num_new_computed_tokens=hit, new_computed_blocks=hit_blocks
+            pages = self.kv_cache_manager.allocate_slots(
+                request, num_new, num_new_computed_tokens=hit, new_computed_blocks=hit_pages
             )
-            if blocks is None:
+            if pages is None:
                 break
             self.waiting.pop_request()
             self.running.append(request)
             self.lora.admit(request)
-            (resumed_reqs if request.status == RequestStatus.PREEMPTED else new_reqs).append(
-                request
-            )
+            resumed = request.status == RequestStatus.PREEMPTED
+            (step.resumed if resumed else step.new).append(request)
             if self.log_stats:
-                request.record_event(EngineCoreEventType.SCHEDULED, now)
+                request.record_event(EngineCoreEventType.SCHEDULED, step.now)
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = hit
-            new_blocks[request.request_id] = self.kv_cache_manager.get_blocks(request.request_id)
-            num_scheduled[request.request_id] = num_new
-            plans[request.request_id] = plan
-            budget -= num_new
-
+            step.add(
+                request.request_id,
+                num_new,
+                plan,
+                self.kv_cache_manager.get_blocks(request.request_id),
+            )
         if skipped:
             self.waiting.prepend_requests(reversed(skipped))  # extendleft: keep FCFS order
 
+    def _scheduler_output(self, step: _Step) -> SdarSchedulerOutput:
         if self.runner_v2:
             # MRV2 dropped a preempted request's worker state: it comes back as new.
-            new_reqs += resumed_reqs
-            resumed_reqs = []
-        output = SchedulerOutput(
+            step.new += step.resumed
+            step.resumed = []
+        return SdarSchedulerOutput(
             scheduled_new_reqs=[
-                new_request_data(r, new_blocks[r.request_id].get_block_ids(), self.runner_v2)
-                for r in new_reqs
+                new_request_data(r, step.pages[r.request_id].get_block_ids(), self.runner_v2)
+                for r in step.new
             ],
             scheduled_cached_reqs=cached_request_data(
-                self, running_reqs, resumed_reqs, num_scheduled, new_blocks
+                self, step.running, step.resumed, step.num_scheduled, step.pages
             ),
-            num_scheduled_tokens=num_scheduled,
-            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            num_scheduled_tokens=step.num_scheduled,
+            total_num_scheduled_tokens=sum(step.num_scheduled.values()),
             scheduled_spec_decode_tokens={},
             scheduled_encoder_inputs={},
             preempted_req_ids=self.reset_preempted_req_ids,
             finished_req_ids=self.finished_req_ids,
             free_encoder_mm_hashes=[],
             new_block_ids_to_zero=self._get_new_block_ids_to_zero(),
+            sdar_plans=step.plans,
         )
-        setattr(output, PLANS_ATTR, plans)
 
-        # Only after the output captured the pre-step counts: advance to where
-        # the final KV will end once this step has run.
-        for req_id, plan in plans.items():
+    def _advance_computed(self, step: _Step) -> None:
+        """vLLM's `_update_after_schedule`, SDAR's accounting (patches/README.md):
+        after the output captured the pre-step counts, advance to where the
+        final KV will end once this step has run: the open block's start
+        (its KV is rewritten next step), or past a prompt chunk. vLLM's
+        in-flight counters stay 0: async scheduling is refused at start-up."""
+        for req_id, plan in step.plans.items():
             request = self.requests[req_id]
             if plan.num_logits:
                 request.num_computed_tokens = plan.block_start
             else:
-                request.num_computed_tokens += num_scheduled[req_id]
+                request.num_computed_tokens += step.num_scheduled[req_id]
             request.is_prefill_chunk = plan.num_logits == 0
         if hasattr(self, "prev_step_scheduled_req_ids"):  # V1's token cache (<= 0.33)
-            self.prev_step_scheduled_req_ids = set(num_scheduled)
+            self.prev_step_scheduled_req_ids = set(step.num_scheduled)
+        # New sets, not clear(): the output just made holds the old ones.
         self.finished_req_ids = set()
         self.reset_preempted_req_ids = set()
-        return output
 
     # -- logprobs ------------------------------------------------------------
 
@@ -469,9 +458,9 @@ class SdarScheduler(Scheduler):
         return done, not still_open, rows
 
     def update_from_output(
-        self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
+        self, scheduler_output: SdarSchedulerOutput, model_runner_output: ModelRunnerOutput
     ) -> dict[int, EngineCoreOutputs]:
-        plans: dict[str, BlockPlan] = getattr(scheduler_output, PLANS_ATTR)
+        plans = scheduler_output.sdar_plans
         outputs: dict[int, list[EngineCoreOutput]] = defaultdict(list)
         stopped: set[Request] = set()
         mask = self.sdar.mask_id
@@ -482,7 +471,7 @@ class SdarScheduler(Scheduler):
             request = self.requests.get(req_id)
             if request is None or request.is_finished() or not plan.num_logits:
                 continue
-            state = self.blocks[req_id]
+            state = self.open_blocks[req_id]
             index = rows_of[req_id]
             sampled = model_runner_output.sampled_token_ids[index]
             rows = (

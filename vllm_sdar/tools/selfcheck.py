@@ -67,9 +67,8 @@ def _attention_backend(worker: Any) -> str:
 def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tuple[list[Row], str]:
     from vllm import LLM, SamplingParams
 
-    from vllm_sdar.algorithm.config import SdarOptions
-    from vllm_sdar.algorithm.decoding import Sampling
-    from vllm_sdar.algorithm.reference import ReferenceDecoder, Request
+    from vllm_sdar.algorithm.reference import ReferenceDecoder
+    from vllm_sdar.algorithm.request_settings import RequestSettings
     from vllm_sdar.tools.stream_steps import stream_steps
 
     ref = ReferenceDecoder(model, block_size=block)
@@ -107,12 +106,7 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
                 got = out.outputs[0]
                 want = ref.generate_one(
                     prompt,
-                    Request(
-                        max_tokens=p.max_tokens,
-                        sampling=Sampling(p.temperature, p.top_k or 0, p.top_p, p.seed),
-                        options=SdarOptions.parse(p.extra_args),
-                        ignore_eos=True,
-                    ),
+                    RequestSettings.from_params(p),
                 )
                 forwards = sum(got.spec_decode_metrics.histogram)
                 if (list(got.token_ids), got.finish_reason, forwards) != (

@@ -1,19 +1,23 @@
-"""What a request asks of the unmasking, and where its blocks lie.
+"""How a block is denoised, and where blocks lie.
 
 Owns the per-request knobs the rest of the algorithm reads: the sampling
 parameters of a slot's proposal (`Sampling`), the block's denoising
 parameters (`Denoising`) with the names and integer codes of the four
 unmasking strategies (`STRATEGIES`, `STRATEGY_CODES`), the quota schedule
-(how many slots each step unmasks), and the block layout (blocks aligned to
-absolute position 0: `first_block`, and the block-causal attention mask).
-Pure torch, no vLLM.
+(how many slots each step unmasks), the constants every block of one
+request is denoised with (`BlockDecoding`), and the block layout (blocks
+aligned to absolute position 0: `first_block`, and the block-causal
+attention mask). Pure torch, no vLLM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from vllm_sdar.algorithm.output_rules import OutputRules
 
 STRATEGIES = (
     "low_confidence_static",
@@ -23,7 +27,7 @@ STRATEGIES = (
 )
 
 STRATEGY_CODES = {name: code for code, name in enumerate(STRATEGIES)}
-_STATIC, _DYNAMIC, _SEQUENTIAL, _ENTROPY = range(4)
+STATIC, DYNAMIC, SEQUENTIAL, ENTROPY = range(4)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,12 @@ class Sampling:
     temperature: float = 0.0  # 0 = greedy (argmax), as vLLM defines it
     top_k: int = 0  # <= 0: off
     top_p: float = 1.0  # >= 1: off
-    seed: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Any) -> Sampling:
+        """From a vLLM SamplingParams (read by attribute: no vLLM import)."""
+        top_k = params.top_k if params.top_k and params.top_k > 0 else 0
+        return cls(temperature=params.temperature, top_k=top_k, top_p=params.top_p)
 
     @property
     def greedy(self) -> bool:
@@ -49,6 +58,22 @@ class Denoising:
     strategy: str = "low_confidence_dynamic"
     threshold: float = 0.85
     eb_threshold: float = 0.35
+
+
+@dataclass(frozen=True)
+class BlockDecoding:
+    """The constants every block of one request is denoised with, resolved
+    once per request (`RequestSettings.block_decoding`) and shipped with
+    each step's plan as one object."""
+
+    denoising: Denoising
+    sampling: Sampling
+    seed: int  # of the seeded noise; drawn once when the request set none
+    output_rules: OutputRules
+    num_logprobs: int | None = None  # vLLM's `logprobs` (None: not asked)
+    # What ends the request (vLLM's check_stop): a stop id, or max_tokens.
+    finish_ids: frozenset[int] = frozenset()
+    max_tokens: int | None = None
 
 
 def quota_schedule(block_size: int, steps: int) -> list[int]:
