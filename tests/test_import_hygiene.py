@@ -21,7 +21,7 @@ from pathlib import Path
 # are present in every install).
 OPTIONAL = ("ray", "pytest", "hypothesis", "matplotlib", "peft")
 # Modules that belong to the `ray` extra by design (they import Ray).
-RAY_MODULES = ("vllm_sdar.engine.ray_cpu",)
+RAY_MODULES: tuple[str, ...] = ()  # none: ray_cpu imports Ray only when its patch is applied
 
 BLOCKER = """
 import importlib.abc, importlib.machinery, sys

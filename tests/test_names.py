@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vllm_sdar.algorithm.config import block_size_from_name
 from vllm_sdar.serving import names
 
 
@@ -33,7 +34,7 @@ def test_local_directory_wins(tmp_path: Path) -> None:
     [("JetLM/SDAR-4B-Chat-b16", 16), ("/models/SDAR-8B-Chat-b64/", 64), ("sdar-4b", None)],
 )
 def test_block_size_from_name(model: str, block: int | None) -> None:
-    assert names.block_size_from_name(model) == block
+    assert block_size_from_name(model) == block
 
 
 def test_inherited_table_is_rewritten_for_this_cwd(

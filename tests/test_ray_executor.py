@@ -21,8 +21,7 @@ from vllm.v1.executor.ray_executor_v2 import RayExecutorV2
 
 from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
-from vllm_sdar.engine.ray_cpu import CpuRayWorkerProc
-from vllm_sdar.engine.ray_cpu_hook import RESOURCE
+from vllm_sdar.engine.ray_cpu import RESOURCE, CpuRayWorkerProc
 
 from .engine_helpers import (
     assert_matches_reference,

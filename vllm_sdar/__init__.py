@@ -63,7 +63,7 @@ def register() -> None:
     if current_platform.is_cpu():
         # vLLM's Ray executor on CPU (patches/README.md §16), applied only
         # when vLLM imports it: Ray is an optional extra.
-        from vllm_sdar.engine.ray_cpu_hook import arm
+        from vllm_sdar.engine.ray_cpu import arm
 
         arm()
     exit_with_parent()  # engine processes only: they must not outlive their parent

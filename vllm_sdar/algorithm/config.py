@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,16 @@ def _tokenizer_mask_id(tokenizer: Any) -> int | None:
         if mask_id == getattr(tokenizer, "unk_token_id", None):
             return None
     return int(mask_id) if mask_id is not None else None
+
+
+_BLOCK_SUFFIX = re.compile(r"-b(\d+)/?$")
+
+
+def block_size_from_name(model: str) -> int | None:
+    """Block size implied by a `-b<N>` model name or directory, if any (the
+    -b8/-b16/-b64 releases' Hub configs may not say it)."""
+    match = _BLOCK_SUFFIX.search(str(model).rstrip("/"))
+    return int(match.group(1)) if match else None
 
 
 def resolve_block_size(config: Any, override: int | None = None) -> int:

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from vllm_sdar.algorithm.config import ARCHITECTURES, SdarDeployment
+from vllm_sdar.algorithm.config import ARCHITECTURES, SdarDeployment, block_size_from_name
 from vllm_sdar.engine.vllm_compat import uses_model_runner_v2
 
 # Under vLLM's "vllm" logger so lines reach vLLM's handler and level (a
@@ -31,6 +31,16 @@ CPU_PAGE = 128  # vLLM's CPU default KV page
 GPU_PAGE = 16  # vLLM's CUDA default KV page
 
 
+# The SDAR model this process serves, once `configure` ran here: what the
+# front end's request checks (serving/validation.py) read; they are called
+# without a config (vLLM's logits-processor validator interface).
+_deployment: SdarDeployment | None = None
+
+
+def current_deployment() -> SdarDeployment | None:
+    return _deployment
+
+
 def _load_tokenizer(model_config: Any) -> Any:
     try:
         from transformers import AutoTokenizer
@@ -46,7 +56,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
     from vllm.platforms import current_platform
 
     from vllm_sdar.engine.support import refuse_unsupported
-    from vllm_sdar.serving.validation import set_deployment
 
     model_config = vllm_config.model_config
     hf_config = model_config.hf_config
@@ -56,8 +65,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
     if getattr(hf_config, "block_size", None) is None:
         # Hub configs may lack block_size; -b8/-b16/-b64 releases say it in
         # their name. An explicit --hf-overrides block_size still wins.
-        from vllm_sdar.serving.names import block_size_from_name
-
         named = block_size_from_name(model_config.model) or block_size_from_name(
             str(model_config.served_model_name)
         )
@@ -67,7 +74,8 @@ def configure(vllm_config: Any) -> SdarDeployment:
     # Resolved once here; the config travels to the engine and every worker.
     hf_config.block_size = deployment.block_size
     hf_config.mask_token_id = deployment.mask_id
-    set_deployment(deployment)
+    global _deployment
+    _deployment = deployment
 
     runner_v2 = uses_model_runner_v2(vllm_config)
     on_cpu = current_platform.is_cpu()
@@ -92,7 +100,7 @@ def configure(vllm_config: Any) -> SdarDeployment:
     parallel_config = vllm_config.parallel_config
     engine_in_child = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
     if on_cpu and engine_in_child and parallel_config.distributed_executor_backend == "ray":
-        from vllm_sdar.engine.ray_cpu_hook import share_driver_cluster
+        from vllm_sdar.engine.ray_cpu import share_driver_cluster
 
         share_driver_cluster()
     if parallel_config.worker_cls == "auto":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ _BASE = {
 BLOCK_VARIANTS = (8, 16, 64)
 
 # Block variants follow the release's naming: "<repo>-b<N>", fine-tuned at
-# block size N (the Hub configs may not say so; see block_size_from_name).
+# block size N (the Hub configs may not say so; see config.block_size_from_name).
 SHORT_NAMES: dict[str, str] = {
     **_BASE,
     **{f"{name}-b{b}": f"{repo}-b{b}" for name, repo in _BASE.items() for b in BLOCK_VARIANTS},
@@ -59,14 +58,6 @@ PACKAGED_SERVE_FLAGS: dict[str, list[tuple[str, ...]]] = {
     ]
     for name in ("sdar-tools", "ar-tools")
 }
-
-_BLOCK_SUFFIX = re.compile(r"-b(\d+)/?$")
-
-
-def block_size_from_name(model: str) -> int | None:
-    """Block size implied by a `-b<N>` model name or directory, if any."""
-    match = _BLOCK_SUFFIX.search(str(model).rstrip("/"))
-    return int(match.group(1)) if match else None
 
 
 def redirects(cwd: Path | None = None) -> dict[str, str]:

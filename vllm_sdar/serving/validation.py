@@ -18,15 +18,9 @@ from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import SamplingParams
 
 from vllm_sdar.algorithm.config import SdarDeployment, SdarOptions
+from vllm_sdar.engine.engine_setup import current_deployment
 
-# Set in each process that builds an SDAR engine config (engine_setup), so
-# the class-level hook can check block-size-dependent limits.
-_deployment: SdarDeployment | None = None
-
-
-def set_deployment(deployment: SdarDeployment) -> None:
-    global _deployment
-    _deployment = deployment
+__all__ = ["SdarOptionError", "current_deployment", "validate_request"]
 
 
 class SdarOptionError(VLLMValidationError, ValueError):
@@ -37,11 +31,6 @@ class SdarOptionError(VLLMValidationError, ValueError):
     parameter (e.g. temperature=-1) and its server answers with HTTP 400
     naming the parameter.
     """
-
-
-def current_deployment() -> SdarDeployment | None:
-    """The SDAR model this process serves, once the config hook ran here."""
-    return _deployment
 
 
 def _passthrough(validate: Any) -> Any:
