@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +15,7 @@ from vllm import LLM, SamplingParams
 from vllm_sdar.algorithm.config import SdarOptions
 from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
+from vllm_sdar.tools.llm_shutdown import shutdown_llm
 
 
 @contextmanager
@@ -34,12 +34,7 @@ def sdar_llm(model: Path | str, **overrides: Any) -> Iterator[LLM]:
     try:
         yield llm
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        cleanup_dist_env_and_memory()
+        shutdown_llm(llm)
 
 
 def on_model_runner_v2() -> bool:
@@ -90,45 +85,82 @@ def scheduler_of(llm: LLM) -> Any:
 
 
 @contextmanager
+def spying(
+    obj: Any,
+    name: str,
+    before: Callable[..., None] | None = None,
+    after: Callable[..., None] | None = None,
+) -> Iterator[None]:
+    """Watch every call of `obj.name` until the block ends, then put the
+    original back: `before(*args)` just before a call, `after(result, *args)`
+    just after it."""
+    original = getattr(obj, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if before is not None:
+            before(*args, **kwargs)
+        result = original(*args, **kwargs)
+        if after is not None:
+            after(result, *args, **kwargs)
+        return result
+
+    setattr(obj, name, spy)
+    try:
+        yield
+    finally:
+        setattr(obj, name, original)
+
+
+@contextmanager
 def engine_steps(llm: LLM, record: Callable[[Any, Any], Any] | None = None) -> Iterator[list[Any]]:
     """Record every engine step that schedules work (one model forward each
     unless steps_per_iteration > 1): its num_scheduled_tokens, or what
     `record(scheduler, scheduler_output)` returns."""
     scheduler = scheduler_of(llm)
-    original = scheduler.schedule
     steps: list[Any] = []
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
+    def step(out: Any, *args: Any, **kwargs: Any) -> None:
         if out.total_num_scheduled_tokens:
             steps.append(
                 dict(out.num_scheduled_tokens) if record is None else record(scheduler, out)
             )
-        return out
 
-    scheduler.schedule = spy
-    try:
+    with spying(scheduler, "schedule", after=step):
         yield steps
-    finally:
-        scheduler.schedule = original
 
 
+@contextmanager
 def record_preemptions(
     llm: LLM, which: Callable[[Any, Any], bool] = lambda scheduler, request: True
-) -> list[str]:
-    """Ids of the requests the scheduler preempts from now on (those `which`
-    (scheduler, request) accepts, asked just before the preemption)."""
+) -> Iterator[list[str]]:
+    """Ids of the requests the scheduler preempts inside the block (those
+    `which`(scheduler, request) accepts, asked just before the preemption)."""
     scheduler = scheduler_of(llm)
-    original = scheduler._preempt_request
     preempted: list[str] = []
 
-    def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
+    def preempt(request: Any, *args: Any, **kwargs: Any) -> None:
         if which(scheduler, request):
             preempted.append(request.request_id)
-        return original(request, *args, **kwargs)
 
-    scheduler._preempt_request = spy
-    return preempted
+    with spying(scheduler, "_preempt_request", before=preempt):
+        yield preempted
+
+
+# Every strategy, with options that make the tiny models' steps differ from
+# the static quota: their confidences sit around 0.1-0.4 (0.25 makes some
+# steps unmask several slots and others fall back to the quota) and their
+# entropies around 3-4 nats (7 lets some steps take two slots).
+STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    "low_confidence_static": {},
+    "low_confidence_dynamic": {"confidence_threshold": 0.25},
+    "sequential": {},
+    "entropy_bounded": {"eb_threshold": 7.0},
+}
+
+
+def strategy_options(strategy: str) -> dict[str, Any]:
+    """The SDAR options of one strategy in STRATEGY_OPTIONS."""
+    return {"remasking_strategy": strategy, **STRATEGY_OPTIONS[strategy]}
 
 
 def params(max_tokens: int = 10, **kwargs: Any) -> SamplingParams:

@@ -12,6 +12,8 @@ from pathlib import Path
 from vllm_sdar.tools import compat
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 def test_installed_vllm_has_every_site() -> None:
     assert compat.main([]) == 0
 

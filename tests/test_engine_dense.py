@@ -15,6 +15,7 @@ from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
+    STRATEGY_OPTIONS,
     assert_matches_reference,
     denoise_forwards,
     engine_steps,
@@ -24,20 +25,12 @@ from .engine_helpers import (
     prompt_of,
     scheduler_of,
     sdar_llm,
+    spying,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.mrv2]
 
 B = 4
-STRATEGY_OPTIONS = {
-    "low_confidence_static": {},
-    # The tiny model's confidences sit around 0.1-0.4: 0.25 makes some
-    # steps unmask several slots and others fall back to the quota.
-    "low_confidence_dynamic": {"confidence_threshold": 0.25},
-    "sequential": {},
-    # Entropies are ~3-4 nats: 7 lets some steps take two slots.
-    "entropy_bounded": {"eb_threshold": 7.0},
-}
 PROMPT_LENGTHS = [1, B - 1, B, B + 1, 3 * B + 2]
 
 
@@ -211,20 +204,10 @@ def test_prefix_cache_hits_keep_outputs(llm: LLM, ref: ReferenceDecoder) -> None
     p = params(max_tokens=9, confidence_threshold=0.25, ignore_eos=True)
     manager = scheduler_of(llm).kv_cache_manager
     assert manager.enable_caching
-    original = manager.get_computed_blocks
     hits: list[int] = []
-
-    def spy(request: Any) -> Any:
-        result = original(request)
-        hits.append(result[1])
-        return result
-
-    manager.get_computed_blocks = spy
-    try:
+    with spying(manager, "get_computed_blocks", after=lambda result, _: hits.append(result[1])):
         first = assert_matches_reference(llm, ref, prompts, p)
         again = generate_ids(llm, prompts, p)
-    finally:
-        manager.get_computed_blocks = original
     assert [list(o.token_ids) for o in again] == [list(o.token_ids) for o in first]
     assert max(hits) >= 256 and all(h % B == 0 for h in hits)
 

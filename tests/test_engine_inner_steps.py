@@ -20,6 +20,7 @@ from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
+    STRATEGY_OPTIONS,
     assert_matches_reference,
     denoise_forwards,
     engine_steps,
@@ -32,13 +33,6 @@ from .engine_helpers import (
 )
 
 pytestmark = pytest.mark.engine
-
-STRATEGIES = {
-    "low_confidence_static": {},
-    "low_confidence_dynamic": {"confidence_threshold": 0.25},
-    "sequential": {},
-    "entropy_bounded": {"eb_threshold": 7.0},
-}
 
 
 @pytest.fixture(scope="module", params=[2, "block"], ids=["k2", "kblock"])
@@ -135,12 +129,18 @@ def test_preemption_chunked_prefill_and_recompute(tiny_dense: Path, ref: Referen
     prompts = [prompt_of(rng.randrange(60, 200), salt=i) for i in range(8)]
     ps = [
         params(
-            max_tokens=rng.randrange(40, 90), remasking_strategy=s, ignore_eos=True, **STRATEGIES[s]
+            max_tokens=rng.randrange(40, 90),
+            remasking_strategy=s,
+            ignore_eos=True,
+            **STRATEGY_OPTIONS[s],
         )
-        for s in list(STRATEGIES) * 2
+        for s in list(STRATEGY_OPTIONS) * 2
     ]
-    with tight_kv_llm(tiny_dense, hf_overrides={"steps_per_iteration": "block"}) as engine:
-        preempted = record_preemptions(engine)
+    overrides = {"steps_per_iteration": "block"}
+    with (
+        tight_kv_llm(tiny_dense, hf_overrides=overrides) as engine,
+        record_preemptions(engine) as preempted,
+    ):
         assert_matches_reference(engine, ref, prompts, ps)
     assert preempted, "the tight KV cache should have forced a preemption"
 

@@ -30,6 +30,7 @@ from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
 
 from .engine_helpers import (
+    STRATEGY_OPTIONS,
     denoise_forwards,
     generate_ids,
     params,
@@ -37,16 +38,13 @@ from .engine_helpers import (
     record_preemptions,
     scheduler_of,
     sdar_llm,
+    spying,
 )
 
 pytestmark = pytest.mark.engine
 
-STRATEGY_OPTIONS = {
-    "low_confidence_static": {},
-    "low_confidence_dynamic": {"confidence_threshold": 0.25},
-    "sequential": {"denoising_steps": 2},
-    "entropy_bounded": {"eb_threshold": 7.0},
-}
+# Sequential with fewer steps than slots: its runs of several slots meet the grammar.
+STRATEGY_OPTIONS = {**STRATEGY_OPTIONS, "sequential": {"denoising_steps": 2}}
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -216,22 +214,12 @@ def test_prefix_cache_hits_with_structured_requests(llm: LLM, ref: ReferenceDeco
     prompts = [shared + prompt_of(n, salt=32) for n in (1, 4, 6)]
     kinds = ["regex", "json", "choice"]
     manager = scheduler_of(llm).kv_cache_manager
-    original = manager.get_computed_blocks
     hits: list[int] = []
-
-    def spy(request: Any) -> Any:
-        result = original(request)
-        hits.append(result[1])
-        return result
-
-    manager.get_computed_blocks = spy
-    try:
+    with spying(manager, "get_computed_blocks", after=lambda result, _: hits.append(result[1])):
         first = assert_matches_reference(
             llm, ref, prompts, [constrained(k, max_tokens=24) for k in kinds]
         )
         again = generate_ids(llm, prompts, [constrained(k, max_tokens=24) for k in kinds])
-    finally:
-        manager.get_computed_blocks = original
     assert [list(o.token_ids) for o in again] == [list(o.token_ids) for o in first]
     assert max(hits) >= 256
     for kind, out in zip(kinds, again, strict=True):
@@ -304,15 +292,17 @@ def test_b8_preemption_every_strategy(tiny_dense_b8: Path) -> None:
         )
         for s in STRATEGY_OPTIONS
     ]
-    with sdar_llm(
-        tiny_dense_b8,
-        structured_outputs_config=STRICT,
-        num_gpu_blocks_override=6,
-        max_num_batched_tokens=64,
-        max_model_len=384,
-        enable_prefix_caching=False,
-    ) as llm:
-        preempted = record_preemptions(llm)
+    with (
+        sdar_llm(
+            tiny_dense_b8,
+            structured_outputs_config=STRICT,
+            num_gpu_blocks_override=6,
+            max_num_batched_tokens=64,
+            max_model_len=384,
+            enable_prefix_caching=False,
+        ) as llm,
+        record_preemptions(llm) as preempted,
+    ):
         got = assert_matches_reference(
             llm, ref, prompts + [c[1] for c in cases], long_ps + [c[2] for c in cases]
         )

@@ -20,6 +20,7 @@ from vllm_sdar.tools.tiny import TinySpec
 
 from .conftest import tiny_checkpoint
 from .engine_helpers import (
+    STRATEGY_OPTIONS,
     assert_matches_reference,
     generate_ids,
     params,
@@ -27,6 +28,7 @@ from .engine_helpers import (
     record_preemptions,
     scheduler_of,
     sdar_llm,
+    strategy_options,
     tight_kv_llm,
 )
 
@@ -37,12 +39,7 @@ def mixed_workload(block: int, n: int = 8, seed: int = 0) -> tuple[list[list[int
     rng = random.Random(seed)
     lengths = [1, block - 1, block, block + 1, 3 * block + 2]
     prompts, ps = [], []
-    options = [
-        {"remasking_strategy": "low_confidence_static"},
-        {"remasking_strategy": "low_confidence_dynamic", "confidence_threshold": 0.25},
-        {"remasking_strategy": "sequential"},
-        {"remasking_strategy": "entropy_bounded", "eb_threshold": 7.0},
-    ]
+    options = [strategy_options(s) for s in STRATEGY_OPTIONS]
     for i in range(n):
         prompts.append(prompt_of(lengths[i % len(lengths)] if i < 5 else rng.randrange(1, 60), i))
         ps.append(
@@ -124,8 +121,7 @@ def test_preemption_and_chunked_prefill(tiny_dense: Path) -> None:
         params(max_tokens=rng.randrange(40, 90), confidence_threshold=0.25, ignore_eos=True)
         for _ in prompts
     ]
-    with tight_kv_llm(tiny_dense) as llm:
-        preempted = record_preemptions(llm)
+    with tight_kv_llm(tiny_dense) as llm, record_preemptions(llm) as preempted:
         assert_matches_reference(llm, ref, prompts, ps)
     assert preempted, "the workload was meant to overflow the KV cache"
 

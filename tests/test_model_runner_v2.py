@@ -22,6 +22,7 @@ from .engine_helpers import (
     prompt_of,
     scheduler_of,
     sdar_llm,
+    spying,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.mrv2_only]
@@ -43,11 +44,9 @@ def test_worker_state_follows_the_scheduler_every_step(llm: LLM, tiny_dense: Pat
     (the open block's start: its KV is rewritten next step), and MRV2's token
     rows hold only the prompt (no SDAR token is appended there)."""
     scheduler, runner = scheduler_of(llm), _runner(llm)
-    original = scheduler.update_from_output
     checked: list[tuple[int, int]] = []
 
-    def spy(scheduler_output: Any, model_runner_output: Any) -> Any:
-        out = original(scheduler_output, model_runner_output)
+    def check(out: Any, scheduler_output: Any, model_runner_output: Any) -> None:
         states = runner.req_states
         for request in scheduler.running:
             idx = states.req_id_to_index.get(request.request_id)
@@ -56,16 +55,12 @@ def test_worker_state_follows_the_scheduler_every_step(llm: LLM, tiny_dense: Pat
             worker = int(states.num_computed_tokens.gpu[idx])
             checked.append((worker, request.num_computed_tokens))
             assert int(states.total_len.gpu[idx]) == int(states.prefill_len.np[idx])
-        return out
 
-    scheduler.update_from_output = spy
-    try:
+    with spying(scheduler, "update_from_output", after=check):
         prompts = [prompt_of(n, salt=4) for n in (1, 5, 11, 30)]
         assert_matches_reference(
             llm, ReferenceDecoder(tiny_dense), prompts, params(max_tokens=14, ignore_eos=True)
         )
-    finally:
-        scheduler.update_from_output = original
     assert checked and all(w == s for w, s in checked), checked
 
 

@@ -21,6 +21,7 @@ from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.stream_steps import Stream, stream_steps
 
 from .engine_helpers import (
+    STRATEGY_OPTIONS,
     assert_logprobs_match,
     assert_matches_reference,
     params,
@@ -28,18 +29,14 @@ from .engine_helpers import (
     record_preemptions,
     scheduler_of,
     sdar_llm,
+    strategy_options,
     tight_kv_llm,
 )
 from .test_engine_variants import mixed_workload
 
 pytestmark = pytest.mark.engine
 
-STRATEGIES = [
-    {"remasking_strategy": "low_confidence_static"},
-    {"remasking_strategy": "low_confidence_dynamic", "confidence_threshold": 0.25},
-    {"remasking_strategy": "sequential"},
-    {"remasking_strategy": "entropy_bounded", "eb_threshold": 7.0},
-]
+STRATEGIES = [strategy_options(s) for s in STRATEGY_OPTIONS]
 
 
 class SentIsTheDecidedPrefix:
@@ -139,8 +136,8 @@ def test_preemption_in_a_partly_streamed_block(tiny_dense: Path, ref: ReferenceD
             state = scheduler.open_blocks[request.request_id]  # the engine's own id
             return 0 < state.sent < len(state.tokens)
 
-        partly_streamed = record_preemptions(small, inside_a_streamed_block)
-        streams = checked_streams(small, ref.mask_id, prompts, ps)
+        with record_preemptions(small, inside_a_streamed_block) as partly_streamed:
+            streams = checked_streams(small, ref.mask_id, prompts, ps)
     assert partly_streamed, "the workload was meant to preempt inside a streamed block"
     for prompt, p, s in zip(prompts, ps, streams, strict=True):
         want = ref.generate_one(prompt, RequestSettings.from_params(p))

@@ -16,7 +16,6 @@ first: `vllm-sdar selfcheck` or `python -m vllm_sdar.tools.selfcheck`.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -69,6 +68,7 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
 
     from vllm_sdar.algorithm.reference import ReferenceDecoder
     from vllm_sdar.algorithm.request_settings import RequestSettings
+    from vllm_sdar.tools.llm_shutdown import shutdown_llm
     from vllm_sdar.tools.stream_steps import stream_steps
 
     ref = ReferenceDecoder(model, block_size=block)
@@ -129,12 +129,7 @@ def _check_engine(model: Path, arch: str, block: int, tp: int, log: Any) -> tupl
                   file=log, flush=True)  # fmt: skip
         return rows, backend
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        cleanup_dist_env_and_memory()
+        shutdown_llm(llm)
 
 
 def render(rows: list[Row], header: dict[str, str]) -> str:
