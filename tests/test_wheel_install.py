@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 # install guide for this build has users remove them, as README says.
 BROKEN_BESIDE_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
 
+
 def readme_llm_snippet() -> str:
     """The README's `LLM(...)` example, as a user saves it to a script."""
     text = (REPO / "README.md").read_text()
@@ -42,8 +43,7 @@ def readme_llm_snippet() -> str:
 # The installed package, not this checkout, then the README's example.
 LLM_SCRIPT = (
     "import vllm_sdar\n"
-    'assert "/site-packages/" in vllm_sdar.__file__, vllm_sdar.__file__\n'
-    + readme_llm_snippet()
+    'assert "/site-packages/" in vllm_sdar.__file__, vllm_sdar.__file__\n' + readme_llm_snippet()
 )
 
 
