@@ -53,6 +53,7 @@ def _refusal(model: Path, **kwargs: Any) -> str:
         ({"attention_backend": "FLASHINFER"}, "--attention-backend FLASHINFER"),
         ({"block_size": 6}, "--block-size 6"),
         ({"scheduling_policy": "priority"}, "--scheduling-policy priority"),
+        ({"max_num_batched_tokens": 7}, "--max-num-batched-tokens 7"),
     ],
 )  # fmt: skip
 def test_unsupported_option_refused(tiny_dense: Path, kwargs: dict, option: str) -> None:

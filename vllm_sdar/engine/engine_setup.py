@@ -89,13 +89,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
         scheduler_config.scheduler_cls = SCHEDULER
     # One step's output decides the next step's input: no overlap possible.
     scheduler_config.async_scheduling = False
-    budget = scheduler_config.max_num_batched_tokens
-    if budget is not None and budget < 2 * deployment.block_size:
-        # A commit plus the next block must fit in one step.
-        raise ValueError(
-            f"max_num_batched_tokens ({budget}) must be at least twice the SDAR block "
-            f"size ({deployment.block_size})"
-        )
 
     parallel_config = vllm_config.parallel_config
     engine_in_child = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
@@ -105,13 +98,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
         share_driver_cluster()
     if parallel_config.worker_cls == "auto":
         parallel_config.worker_cls = CPU_WORKER if on_cpu else GPU_WORKER
-    if on_cpu and parallel_config.data_parallel_size > 1 and getattr(hf_config, "num_experts", 0):
-        # vLLM 0.32's CPU communicator has no all_gatherv, which every MoE
-        # layer calls under DP > 1: refuse now rather than at the first step.
-        raise ValueError(
-            "data_parallel_size > 1 with a MoE model is not supported on CPU by vLLM 0.32 "
-            "(its CPU communicator lacks all_gatherv); use tensor parallelism"
-        )
     if not on_cpu:
         # Full CUDA graphs would replay attention metadata captured for a
         # different block-causal split (and, on MRV2, other logits rows).

@@ -171,6 +171,19 @@ def refuse_unsupported(
             "not hold; each iteration is one step under tensor parallelism",
         ),
         (
+            (budget := vllm_config.scheduler_config.max_num_batched_tokens) is not None
+            and budget < 2 * block_size,
+            f"--max-num-batched-tokens {budget}",
+            f"a commit plus the next block must fit in one step: at least twice the SDAR "
+            f"block size ({2 * block_size})",
+        ),
+        (
+            parallel.data_parallel_size > 1 and _moe_on_cpu(vllm_config),
+            "--data-parallel-size > 1 with an MoE model on CPU",
+            "vLLM 0.32's CPU communicator lacks all_gatherv, which every MoE layer calls "
+            "under DP; use tensor parallelism",
+        ),
+        (
             steps_per_iteration > 1 and vllm_config.lora_config is not None,
             "steps_per_iteration > 1 with --enable-lora",
             "vLLM maps lm_head rows to adapters once per iteration, before the inner steps "
