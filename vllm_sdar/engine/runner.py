@@ -132,6 +132,9 @@ class SdarRunnerMixin:
 
     @torch.inference_mode()
     def sample_tokens(self, grammar_output: Any) -> ModelRunnerOutput:
+        # grammar_output is always None: the SDAR scheduler never sets
+        # has_structured_output_requests; a structured request's bitmask
+        # rides in its plan (engine/structured.py).
         kv_output = self.kv_connector_output
         self.kv_connector_output = None
         state = self.execute_model_state
