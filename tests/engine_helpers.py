@@ -146,6 +146,24 @@ def record_preemptions(
         yield preempted
 
 
+# `vllm serve` flags of every test server on a tiny checkpoint.
+TINY_SERVER_FLAGS = [
+    "--dtype", "float32",
+    "--max-model-len", "512",
+    "--gpu-memory-utilization", "0.5",
+    "--enforce-eager",
+]  # fmt: skip
+
+
+def served_copy(checkpoint: Path, factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh directory holding `checkpoint` as ./<name> (servers run there)."""
+    import shutil
+
+    path = factory.mktemp("serve")
+    shutil.copytree(checkpoint, path / name)
+    return path
+
+
 # Every strategy, with options that make the tiny models' steps differ from
 # the static quota: their confidences sit around 0.1-0.4 (0.25 makes some
 # steps unmask several slots and others fall back to the quota) and their

@@ -30,15 +30,14 @@ import pytest
 
 from vllm_sdar.tools.server_process import serve_process, server_env
 
+from .engine_helpers import TINY_SERVER_FLAGS
+
 MODEL = "sdar-4b"
 CLIENT_BOUND_S = 30.0
 EXIT_BOUND_S = 45.0
 BASE_ARGS = [
     MODEL,
-    "--dtype", "float32",
-    "--max-model-len", "512",
-    "--gpu-memory-utilization", "0.5",
-    "--enforce-eager",
+    *TINY_SERVER_FLAGS,
 ]  # fmt: skip
 LONG_STREAM = {
     "model": MODEL,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,8 @@ from vllm_sdar.algorithm.reference import ReferenceDecoder, Result
 from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.server_process import cli, metric_totals, serve, server_env
 
+from .engine_helpers import TINY_SERVER_FLAGS, served_copy
+
 pytestmark = pytest.mark.engine
 
 MODEL = "sdar-4b"
@@ -37,19 +38,14 @@ B = 4
 
 @pytest.fixture(scope="module")
 def workdir(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve")
-    shutil.copytree(tiny_dense, path / MODEL)
-    return path
+    return served_copy(tiny_dense, tmp_path_factory, MODEL)
 
 
 @pytest.fixture(scope="module")
 def server(workdir: Path) -> Iterator[str]:
     args = [
         MODEL,
-        "--dtype", "float32",
-        "--max-model-len", "512",
-        "--gpu-memory-utilization", "0.5",
-        "--enforce-eager",
+        *TINY_SERVER_FLAGS,
         "--hf-overrides", f'{{"confidence_threshold": {DEPLOY_THRESHOLD}}}',
     ]  # fmt: skip
     with serve(args, workdir, timeout=300) as base:

@@ -9,7 +9,6 @@ SDAR's terms in response metrics (the log line: test_server.py).
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from vllm_sdar.algorithm.reference import ReferenceDecoder
 from vllm_sdar.tools.server_process import serve
 
+from .engine_helpers import TINY_SERVER_FLAGS, served_copy
 from .test_server import MODEL, prompt_ids, reference
 
 pytestmark = pytest.mark.engine
@@ -27,19 +27,14 @@ N_REQUESTS = 12
 
 @pytest.fixture(scope="module")
 def workdir(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve2")
-    shutil.copytree(tiny_dense, path / MODEL)
-    return path
+    return served_copy(tiny_dense, tmp_path_factory, MODEL)
 
 
 @pytest.fixture(scope="module")
 def server(workdir: Path) -> Iterator[str]:
     args = [
         MODEL,
-        "--dtype", "float32",
-        "--max-model-len", "512",
-        "--gpu-memory-utilization", "0.5",
-        "--enforce-eager",
+        *TINY_SERVER_FLAGS,
         "--api-server-count", "2",
     ]  # fmt: skip
     with serve(args, workdir, timeout=400) as base:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ import pytest
 from vllm_sdar.algorithm.reference import GrammarSpec, ReferenceDecoder
 from vllm_sdar.algorithm.request_settings import RequestSettings
 from vllm_sdar.tools.server_process import serve
+
+from .engine_helpers import TINY_SERVER_FLAGS, served_copy
 
 pytestmark = pytest.mark.engine
 
@@ -72,14 +73,10 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris for 3 days
 
 @pytest.fixture(scope="module")
 def server(tiny_dense: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("serve-structured")
-    shutil.copytree(tiny_dense, workdir / MODEL)
+    workdir = served_copy(tiny_dense, tmp_path_factory, MODEL)
     args = [
         MODEL,
-        "--dtype", "float32",
-        "--max-model-len", "512",
-        "--gpu-memory-utilization", "0.5",
-        "--enforce-eager",
+        *TINY_SERVER_FLAGS,
         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
