@@ -1,5 +1,4 @@
-"""Benchmark studies of the SDAR plugin, each a thin module over one harness
-(`benchmarks.harness`): `python -m benchmarks.<study> [--quick]`. See
-benchmarks/README.md for what each measures and the command behind every
-figure and table the project cites.
+"""Benchmark studies of the SDAR plugin over one harness (`benchmarks.harness`):
+`python -m benchmarks.<study> [--quick]`; benchmarks/README.md says what each
+measures and the command behind every figure and table the project cites.
 """

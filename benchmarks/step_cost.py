@@ -1,39 +1,21 @@
 """Where an engine step's time goes: SDAR vs AR, and SDAR before/after a change.
 
-    python -m benchmarks.step_cost                   # addition pair b1/8/64, 0.6B shape b1/8
+    python -m benchmarks.step_cost                   # addition pair b1/8/64, 0.6B shape b1/8/64
     python -m benchmarks.step_cost --before REV      # also the plugin as it was at REV
-    python -m benchmarks.step_cost --quick           # smoke: sdar-addition, b2, 1 round
     python -m benchmarks.step_cost --case qwen3-0.6b-shape:64   # one case of the full run
+    python -m benchmarks.step_cost --quick           # smoke: sdar-addition, b2, 1 round
 
-Per model, engines over the same weights, each in a worker process of its
-own, timed interleaved round by round: "ar" (stock vLLM decoding the
-weights as Qwen3), "sdar" (the plugin) and, with `--before`, "sdar@REV"
-(the plugin's package as it was at git revision REV, run from an exported
-copy of that tree). Each measurement submits one batch together (greedy,
-`ignore_eos`, fixed `max_tokens`) and times every stage of every engine
-step by wrapping the in-process engine's methods:
-- step: `LLMEngine.step()` (everything: schedule, forward, unmasking or
-  sampling, output processing);
-- forward: the model's `forward` (the network, attention included);
-- logits: the model's `compute_logits` (the lm_head rows: one per request
-  for AR, one per open slot for SDAR);
-- prepare: `execute_model` minus those two (inputs, attention metadata);
-- sample: the runner's `sample_tokens` (SDAR: the whole unmasking step);
-- schedule / update: the scheduler's `schedule` / `update_from_output`;
-- host: step minus forward and logits: the time outside the network.
-Per stage: milliseconds per engine step, the median over rounds of each
-round's mean.
+"ar", "sdar" and "sdar@REV" (from an exported tree), each in a worker, timed
+interleaved; every stage (STAGES) of every engine step timed by wrapping the
+in-process engine's methods. Stages: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
-import sys
 import tarfile
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -42,29 +24,23 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import env
-from benchmarks.harness.models import model_dir as bench_model_dir
-from benchmarks.harness.models import problem_prompts
-from benchmarks.harness.results import md_table, parser, publish, stem
-from benchmarks.harness.timing import interleave, ratio
-from benchmarks.harness.workers import Worker
+from benchmarks.harness import engines, env
+from benchmarks.harness.results import interleave, ratio, report, study
+from benchmarks.harness.workers import pool
 
-REPO = Path(__file__).resolve().parent.parent
-FACTORY = "benchmarks.step_cost:StageTimedEngine"
 STAGES = ("step", "forward", "logits", "prepare", "sample", "schedule", "update", "host")
+STATIC = "low_confidence_static"
 
 
 @dataclass(frozen=True)
 class Case:
-    model: str  # a shipped SDAR asset or a benchmarks.shapes_models name
+    model: str  # a shipped SDAR asset or a harness.engines.MODELS name
     batch: int
     max_tokens: int
     rounds: int
-    # SDAR options: the trained toy decodes as it is served (dynamic 0.9);
-    # a random-weight model gets a fixed number of steps per block.
-    strategy: str = "low_confidence_dynamic"
-    # With --before: run the old code too (three 0.75B fp32 engines do not
-    # fit beside other work in this machine's 23 GB).
+    strategy: str = "low_confidence_dynamic"  # a random-weight model: STATIC (fixed steps)
+    # With --before: the old code too (three 0.75B fp32 engines do not fit in 23 GB
+    # beside other work).
     with_before: bool = True
 
 
@@ -72,79 +48,62 @@ FULL = [
     Case("sdar-addition", 1, 32, 15),
     Case("sdar-addition", 8, 32, 10),
     Case("sdar-addition", 64, 32, 6),
-    Case("qwen3-0.6b-shape", 1, 8, 4, "low_confidence_static", with_before=False),
-    Case("qwen3-0.6b-shape", 8, 8, 3, "low_confidence_static", with_before=False),
-    # ~10 s per step in fp32 on one thread: two rounds.
-    Case("qwen3-0.6b-shape", 64, 8, 2, "low_confidence_static", with_before=False),
+    Case("qwen3-0.6b-shape", 1, 8, 4, STATIC, with_before=False),
+    Case("qwen3-0.6b-shape", 8, 8, 3, STATIC, with_before=False),
+    Case("qwen3-0.6b-shape", 64, 8, 2, STATIC, with_before=False),  # ~10 s per step
 ]
 QUICK = [Case("sdar-addition", 2, 8, 1)]
 
 
 def export_tree(rev: str, dest: Path) -> Path:
-    """The plugin package at `rev` beside today's benchmarks, for a worker's cwd.
-
-    A worker runs with this directory first on sys.path, so `vllm_sdar`
-    (and vLLM's entry point `vllm_sdar:register`) resolve to the old code
-    while the harness is today's.
-    """
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "vllm_sdar"], cwd=REPO, capture_output=True
-    )
+    """The plugin package at `rev` beside today's benchmarks: a worker whose
+    cwd (first on sys.path) it is runs the old `vllm_sdar` (and vLLM's entry
+    point `vllm_sdar:register`) under today's harness."""
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "vllm_sdar"], cwd=engines.REPO,
+                             capture_output=True)  # fmt: skip
     if archive.returncode:
         raise ValueError(f"--before {rev}: {archive.stderr.decode().strip()}")
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(dest, filter="data")
-    subprocess.run(["cp", "-r", str(REPO / "benchmarks"), str(dest)], check=True)
+    subprocess.run(["cp", "-r", str(engines.REPO / "benchmarks"), str(dest)], check=True)
     return dest
 
 
-class StageTimedEngine:
-    """One engine in a worker process; `measure(batch, max_tokens)` times one batch."""
+class StageTimedEngine(engines.EngineWorker):
+    """One engine in a worker process; `measure(prompts, max_tokens)` times one batch."""
 
-    def __init__(self, model_dir: str, kind: str, strategy: str, max_model_len: int) -> None:
-        import torch
-
-        from benchmarks.harness.engines import EngineSpec, engine_core, runner_of, start_verified
-
-        torch.set_num_threads(env.threads())
-        spec = EngineSpec(kind, max_model_len=max_model_len)
-        self.llm, info = start_verified(Path(model_dir), spec, "Qwen3ForCausalLM")
+    def __init__(self, model: str, kind: str, strategy: str) -> None:
+        super().__init__(Path(model), kind)
         import vllm_sdar
 
-        self.info = info | {"vllm_sdar": str(Path(vllm_sdar.__file__).parent)}
+        self.info |= {"vllm_sdar": str(Path(vllm_sdar.__file__).parent)}
         self.options = {"remasking_strategy": strategy} if kind == "sdar" else None
         self.totals: dict[str, float] = defaultdict(float)
-        core, runner = engine_core(self.llm), runner_of(self.llm)
-        self._time(core.scheduler, "schedule", "schedule")
-        self._time(core.scheduler, "update_from_output", "update")
-        self._time(runner, "execute_model", "execute")
-        self._time(runner, "sample_tokens", "sample")
-        self._time(runner.model, "forward", "forward")
-        self._time(runner.model, "compute_logits", "logits")
-        self._time(self.llm.llm_engine, "step", "step")
-        self.steps = 0
+        core, runner = engines.engine_core(self.llm), engines.runner_of(self.llm)
+        sched, model = core.scheduler, runner.model
+        for obj, method, stage in (
+            (sched, "schedule", "schedule"), (sched, "update_from_output", "update"),
+            (runner, "execute_model", "execute"), (runner, "sample_tokens", "sample"),
+            (model, "forward", "forward"), (model, "compute_logits", "logits"),
+            (self.llm.llm_engine, "step", "step"),
+        ):  # fmt: skip
+            setattr(obj, method, self._timed(getattr(obj, method), stage))  # shadows the method
 
-    def _time(self, obj: Any, method: str, stage: str) -> None:
-        original = getattr(obj, method)
-        totals = self.totals
-
+    def _timed(self, original: Any, stage: str) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             began = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                totals[stage] += time.perf_counter() - began
+                self.totals[stage] += time.perf_counter() - began
 
-        setattr(obj, method, timed)  # an instance attribute shadows the method
+        return timed
 
     def measure(self, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
-        from benchmarks.harness.engines import sampling_params
-
-        params = sampling_params(max_tokens, self.options)
+        params = engines.sampling_params(max_tokens, self.options)
         self.totals.clear()
-        engine = self.llm.llm_engine
-        steps = 0
+        engine, steps = self.llm.llm_engine, 0
         for i, p in enumerate(prompts):
             engine.add_request(f"r{i}", {"prompt_token_ids": p}, params)
         began = time.perf_counter()
@@ -158,46 +117,28 @@ class StageTimedEngine:
         ms["host"] = ms["step"] - ms["forward"] - ms["logits"]
         return {"steps": steps, "wall_ms": 1000 * wall, "ms_per_step": ms}
 
-    def close(self) -> None:
-        from benchmarks.harness.engines import shutdown
-
-        shutdown(self.llm)
-
 
 def run_case(case: Case, before: dict[str, Path], tmp: Path) -> dict[str, Any]:
-    model_dir = bench_model_dir(case.model)
-    prompts = problem_prompts(model_dir, case.batch)
-    proc_env = {**os.environ, **env.preload_env(False), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    engines = {"ar": ("ar", REPO), "sdar": ("sdar", REPO)}
-    if case.with_before:
-        engines |= {f"sdar@{rev}": ("sdar", tree) for rev, tree in before.items()}
-    workers: dict[str, Worker] = {}
-    try:
-        for label, (kind, cwd) in engines.items():
-            env.log(f"loading {case.model} ({label})")
-            kwargs = dict(
-                model_dir=str(model_dir), kind=kind, strategy=case.strategy, max_model_len=256
-            )
-            control = tmp / f"{case.model}-{case.batch}-{label.replace('@', '-')}"
-            workers[label] = Worker(FACTORY, kwargs, proc_env, control, label, cwd=cwd)
-        calls = {
-            label: partial(w.measure, prompts=prompts, max_tokens=case.max_tokens)
-            for label, w in workers.items()
+    model = engines.model_dir(case.model)
+    trees = {"ar": engines.REPO, "sdar": engines.REPO}
+    trees |= {f"sdar@{rev}": tree for rev, tree in before.items()} if case.with_before else {}
+    kwargs = {label: dict(model=str(model), kind=label.split("@")[0], strategy=case.strategy)
+              for label in trees}  # fmt: skip
+    call = dict(prompts=engines.problem_prompts(model, case.batch), max_tokens=case.max_tokens)
+    factory = "benchmarks.step_cost:StageTimedEngine"
+    with pool(factory, kwargs, tmp / f"{case.model}-{case.batch}", trees) as workers:
+        runs = interleave({k: partial(w.measure, **call) for k, w in workers.items()},
+                          case.rounds, warmup=True)  # fmt: skip
+        code = {label: w.info["vllm_sdar"] for label, w in workers.items()}
+    cells = {
+        label: {
+            "steps": rs[0]["steps"],
+            "ms_per_step": {s: statistics.median(r["ms_per_step"][s] for r in rs) for s in STAGES},
+            "wall_ms": statistics.median(r["wall_ms"] for r in rs),
+            "code": code[label],
         }
-        runs = interleave(calls, case.rounds, warmup=True)
-    finally:
-        for w in workers.values():
-            w.close()
-    cells = {}
-    for label, per_round in runs.items():
-        cells[label] = {
-            "steps": per_round[0]["steps"],
-            "ms_per_step": {
-                s: statistics.median(r["ms_per_step"][s] for r in per_round) for s in STAGES
-            },
-            "wall_ms": statistics.median(r["wall_ms"] for r in per_round),
-            "code": workers[label].info["vllm_sdar"],
-        }
+        for label, rs in runs.items()
+    }
     env.log(f"{case.model} batch {case.batch}: {json.dumps(cells)}")
     return {**asdict(case), "cells": cells, "load": env.loadavg()}
 
@@ -218,51 +159,33 @@ def markdown(results: dict[str, Any]) -> str:
         "model", "batch", "engine", "steps", "step ms", "step / AR step", "forward",
         "logits", "host", "host share", "prepare", "sample", "schedule", "update", "batch ms",
     ]  # fmt: skip
-    machine = results["machine"]
-    return (
-        f"# Engine step cost by stage ({machine['cpu']}, {machine['cores']} cores, "
-        f"{results['threads']} thread per engine; ms per engine step, medians)\n\n"
-        + md_table(header, rows)
-        + "\n"
-    )
+    return report("Engine step cost by stage (ms per engine step, medians)", results, header, rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__, quick="sdar-addition, batch 2, 1 round (smoke)")
-    p.add_argument("--before", action="append", default=[], help="git revision (repeatable)")
-    p.add_argument(
-        "--case", action="append", default=[], help="MODEL:BATCH of the full run (repeatable)"
-    )
-    args = p.parse_args(argv)
-    env.configure()
+def body(args: Any, tmp: Path) -> dict[str, Any]:
     cases = QUICK if args.quick else FULL
     if args.case:
-        cases = [c for c in FULL if f"{c.model}:{c.batch}" in args.case]
+        names = [f"{c.model}:{c.batch}" for c in FULL]
+        cases = [c for c, n in zip(FULL, names) if n in args.case]
         if len(cases) != len(args.case):
-            p.error(
-                f"--case must name cases of the full run: {[f'{c.model}:{c.batch}' for c in FULL]}"
-            )
-    began = time.perf_counter()
-    done = []
-    with tempfile.TemporaryDirectory(prefix="sdar-bench-step-") as tmp:
-        before = {rev: export_tree(rev, Path(tmp) / f"tree-{rev}") for rev in args.before}
-        for case in cases:
-            done.append(run_case(case, before, Path(tmp)))
-    results = {
-        "study": "step_cost",
-        "machine": env.describe(),
-        "threads": env.threads(),
-        "before": args.before,
-        "cases": done,
-        "wall_s": round(time.perf_counter() - began, 1),
-    }
-    # A partial run gets its own file (the full run's stays as it was).
-    study = "step-cost" + "".join(f"-{c.replace(':', '-b')}" for c in args.case)
-    name = stem(study, args.quick)
-    publish(results, args.out, name, markdown(results))
-    print(markdown(results))
-    return 0
+            raise SystemExit(f"--case must name cases of the full run: {names}")
+    before = {rev: export_tree(rev, tmp / f"tree-{rev}") for rev in args.before}
+    return {"study": "step_cost", "before": args.before,
+            "cases": [run_case(case, before, tmp) for case in cases]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> Path:
+    def options(cli: Any) -> None:
+        cli.add_argument("--before", action="append", default=[], help="git revision (repeatable)")
+        text = "MODEL:BATCH of the full run (repeatable; its own results file)"
+        cli.add_argument("--case", action="append", default=[], help=text)
+
+    def name(args: Any) -> str:  # a partial run gets its own file
+        return "step-cost" + "".join(f"-{c.replace(':', '-b')}" for c in args.case)
+
+    quick = "sdar-addition, batch 2, 1 round (smoke)"
+    return study(__doc__, name, quick, body, markdown, argv, options)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,75 +2,36 @@
 
     python -m benchmarks.trained                 # full: both pairs, 500 problems, batch 1/8/64
     python -m benchmarks.trained --quick --out /tmp/b   # smoke: a few problems, batch 1 and 8
-    python -m benchmarks.trained --pairs sort    # one pair only
-    python -m benchmarks.trained --render benchmarks/results/<stem>-trained.json
+    python -m benchmarks.trained --pairs addition --compile   # one pair, torch.compile on
+    python -m benchmarks.trained_report benchmarks/results/<stem>-trained.json   # re-draw
+    python -m benchmarks.trained --steps-per-iteration [--quick]   # the k axis
 
-The pairs are the project's trained toys (python -m vllm_sdar.convert.toy
-[--task sort]): `vllm_sdar/assets/sdar-<task>` (SDAR, B = 4) and
-`ar-<task>`, the AR Qwen3 it was converted from, built by the same run.
-Both run in the real engine, offline `LLM.generate`, one torch thread:
-SDAR under the plugin (low_confidence_static and low_confidence_dynamic at
-each threshold), the AR parent under stock vLLM, greedy (the harness
-verifies which scheduler and runner each engine runs). Prompts are the
-model's held-out test problems rendered with its chat template; requests
-stop at EOS as a user's would, so tokens/s counts generated tokens up to
-and including the stop token (vLLM's output token count), and accuracy is
-exact match (the answer text, finished by the stop token).
-
-"Batch b" = the problems submitted b at a time, each group through
-`LLM.generate` together, one group after another; latency is per request,
-from its group's submission. Batch 1 times the first `batch1_problems`
-problems only (recorded per cell as "problems"). Each cell is the median of
-`repeats` passes (by wall time).
-
-Output: OUT/<date>-<machine>-trained.json, .md (tables) and .png
-(trained_report). Progress on stderr.
+The SDAR toy under the plugin and its AR parent under stock vLLM, one after
+the other in this process; --steps-per-iteration: the plugin at k = 1, 2,
+"block" and the AR baseline, each in a worker, timed interleaved (the k
+variants must give the same tokens). Both in detail: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import env
-from benchmarks.harness.results import parser, publish, stem
-from benchmarks.harness.timing import latency_summary, median_run, ratio
+from benchmarks.harness import engines, env
+from benchmarks.harness.results import interleave, latency_summary, median_run, ratio, report, study
+from benchmarks.harness.workers import pool
+from benchmarks.trained_report import TARGET_ACCURACY_POINTS, plot, render
 
-REPO = Path(__file__).resolve().parent.parent
-ASSETS = REPO / "vllm_sdar" / "assets"
-AR_ARCHITECTURE = "Qwen3ForCausalLM"
-MAX_MODEL_LEN = 256  # the toys' max_position_embeddings
 STATIC = "low_confidence_static"
 DYNAMIC = "low_confidence_dynamic"
-# Issue 12 targets (reported against, never asserted): SDAR dynamic 0.9
-# tokens/s over the AR parent's, within 2 accuracy points of it.
-TARGETS = {1: 1.6, 8: 1.3}
-TARGET_ACCURACY_POINTS = 2.0
-
-
-@dataclass(frozen=True)
-class Method:
-    """One SDAR decoding setting."""
-
-    block_size: int
-    strategy: str
-    threshold: float | None = None
-
-    @property
-    def name(self) -> str:
-        tail = "static" if self.strategy == STATIC else f"dyn{self.threshold:g}"
-        return f"b{self.block_size}-{tail}"
-
-    def sdar_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"remasking_strategy": self.strategy}
-        if self.threshold is not None:
-            options["confidence_threshold"] = self.threshold
-        return options
+# Issue 12 targets (reported, never asserted): dynamic 0.9 tok/s over the AR parent's by batch
+TARGETS = {1: 1.6, 8: 1.3}  # within TARGET_ACCURACY_POINTS of its accuracy
 
 
 @dataclass(frozen=True)
@@ -79,27 +40,22 @@ class Plan:
     pairs: tuple[str, ...]
     problems: int
     batches: tuple[int, ...]
-    batch1_problems: int
-    thresholds: tuple[float, ...]
+    batch1_problems: int  # batch 1 times the first ones only
+    thresholds: tuple[float, ...]  # SDAR dynamic; static always runs
     repeats: int = 3  # passes per cell; the median pass is reported
     block_size: int = 4
     warmup_problems: int = 4
     compiled: bool = False  # torch.compile on for both engines (--compile)
-
-    def methods(self) -> list[Method]:
-        b = self.block_size
-        return [Method(b, STATIC)] + [Method(b, DYNAMIC, t) for t in self.thresholds]
-
-    def problems_at(self, batch: int) -> int:
-        return min(self.problems, self.batch1_problems) if batch == 1 else self.problems
 
 
 FULL = Plan("full", ("addition", "sort"), 500, (1, 8, 64), 500, (0.8, 0.9, 0.95))
 QUICK = Plan("quick", ("addition",), 16, (1, 8), 4, (0.9,), repeats=1, warmup_problems=2)
 
 
-def pair_dirs(task: str) -> tuple[Path, Path]:
-    return ASSETS / f"sdar-{task}", ASSETS / f"ar-{task}"
+def sdar_options(strategy: str, threshold: float | None = None) -> dict[str, Any]:
+    return {"remasking_strategy": strategy} | (
+        {"confidence_threshold": threshold} if threshold is not None else {}
+    )
 
 
 def chat_prompt(tokenizer: Any, problem: str) -> str:
@@ -110,96 +66,67 @@ def chat_prompt(tokenizer: Any, problem: str) -> str:
 
 def _pass(llm: Any, prompts: list[str], answers: list[str], batch: int, params: Any) -> dict:
     """One pass over the problems, `batch` requests submitted together at a time."""
-    from benchmarks.harness.engines import timed_generate
-
-    wall = 0.0
-    latencies: list[float] = []
-    tokens = forwards = correct = 0
-    have_forwards = True
+    p: dict[str, Any] = {"wall": 0.0, "latencies": [], "tokens": 0, "forwards": 0, "correct": 0}
     for i in range(0, len(prompts), batch):
-        run = timed_generate(llm, prompts[i : i + batch], params)
-        wall += run.wall_s
-        latencies += run.completion_s
-        tokens += sum(run.output_tokens)
-        if run.denoise_forwards is None:
-            have_forwards = False
-        else:
-            forwards += sum(run.denoise_forwards)
+        run = engines.timed_generate(llm, prompts[i : i + batch], params)
+        p["wall"] += run.wall_s
+        p["latencies"] += run.completion_s
+        p["tokens"] += sum(run.output_tokens)
+        # None once any group lacks SDAR counts (the AR engine)
+        p["forwards"] = None if run.denoise_forwards is None or p["forwards"] is None else (
+            p["forwards"] + sum(run.denoise_forwards))  # fmt: skip
         for text, reason, answer in zip(run.texts, run.finish_reasons, answers[i : i + batch]):
-            correct += reason == "stop" and text.strip() == answer
-    return {
-        "wall": wall,
-        "latencies": latencies,
-        "tokens": tokens,
-        "forwards": forwards if have_forwards else None,
-        "correct": correct,
-    }
+            p["correct"] += reason == "stop" and text.strip() == answer
+    return p
 
 
 def _measure(
     llm: Any, prompts: list[str], answers: list[str], batch: int, params: Any, repeats: int
 ) -> dict[str, Any]:
     """`repeats` passes; the timings of the median pass (by wall time).
-
-    Greedy decoding gives the same tokens in every pass (checked), so counts
-    and accuracy do not depend on the pick.
-    """
+    Greedy passes give the same tokens (checked), so counts and accuracy do
+    not depend on the pick."""
     passes = [_pass(llm, prompts, answers, batch, params) for _ in range(repeats)]
     if len({(p["tokens"], p["forwards"], p["correct"]) for p in passes}) != 1:
         raise RuntimeError(f"passes differ: {[(p['tokens'], p['correct']) for p in passes]}")
     chosen = median_run(passes, key=lambda p: p["wall"])
     n, tokens, forwards = len(prompts), chosen["tokens"], chosen["forwards"]
     return {
-        "problems": n,
-        "correct": chosen["correct"],
-        "accuracy": round(chosen["correct"] / n, 4),
-        "output_tokens": tokens,
-        "wall_s": round(chosen["wall"], 3),
-        "wall_s_passes": [round(p["wall"], 3) for p in passes],
+        "problems": n, "correct": chosen["correct"],
+        "accuracy": round(chosen["correct"] / n, 4), "output_tokens": tokens,
+        "wall_s": round(chosen["wall"], 3), "wall_s_passes": [round(p["wall"], 3) for p in passes],
         "throughput_tok_s": round(tokens / chosen["wall"], 2),
-        **latency_summary(chosen["latencies"]),
-        "denoise_forwards": forwards,
-        "tpf": round(tokens / forwards, 3) if forwards else None,
-        "loadavg": env.loadavg(),
-    }
+        **latency_summary(chosen["latencies"]), "denoise_forwards": forwards,
+        "tpf": round(tokens / forwards, 3) if forwards else None, "loadavg": env.loadavg(),
+    }  # fmt: skip
 
 
 def _engine_cells(
     llm: Any, kind: str, task: str, plan: Plan, problems: tuple[list, list], max_tokens: int
 ) -> list[dict[str, Any]]:
     """Every method of one engine at every batch size."""
-    from benchmarks.harness.engines import sampling_params
-
     prompts, answers = problems
     cells = []
-    methods: list[Method | None] = plan.methods() if kind == "sdar" else [None]
-    for method in methods:
-        options = method.sdar_options() if method else None
-        params = sampling_params(max_tokens, options, ignore_eos=False)
-        label = f"sdar-{method.name}" if method else "ar"
+    methods = [(STATIC, None)] + [(DYNAMIC, t) for t in plan.thresholds]
+    for strategy, threshold in methods if kind == "sdar" else [(None, None)]:
+        label, options = "ar", None
+        if strategy is not None:
+            tail = "static" if strategy == STATIC else f"dyn{threshold:g}"
+            label, options = f"sdar-b{plan.block_size}-{tail}", sdar_options(strategy, threshold)
+        params = engines.sampling_params(max_tokens, options, ignore_eos=False)
         # Warm-up (lazy inits, allocator growth) outside the cells: a few
         # requests one by one, then the largest batch once.
         big = max(plan.batches)
         _pass(llm, prompts[: plan.warmup_problems], answers, 1, params)
         _pass(llm, prompts[:big], answers, big, params)
         for batch in plan.batches:
-            n = plan.problems_at(batch)
+            n = min(plan.problems, plan.batch1_problems) if batch == 1 else plan.problems
             rec = _measure(llm, prompts[:n], answers[:n], batch, params, plan.repeats)
-            cells.append(
-                {
-                    "pair": task,
-                    "method": label,
-                    "kind": kind,
-                    "strategy": method.strategy if method else None,
-                    "threshold": method.threshold if method else None,
-                    "batch": batch,
-                    **rec,
-                }
-            )
+            cells.append({"pair": task, "method": label, "kind": kind, "strategy": strategy,
+                          "threshold": threshold, "batch": batch, **rec})  # fmt: skip
             env.log(
                 f"{task} {label} batch={batch} n={n}: {rec['throughput_tok_s']} tok/s, "
-                f"acc {rec['accuracy']}, p50 {rec['latency_p50_s']}s"
-                + (f", TPF {rec['tpf']}" if rec["tpf"] else "")
+                f"acc {rec['accuracy']}, p50 {rec['latency_p50_s']}s, TPF {rec['tpf']}"
             )
     return cells
 
@@ -208,13 +135,9 @@ def run_pair(task: str, plan: Plan) -> dict[str, Any]:
     """Both engines of one pair, one after another in this process."""
     from transformers import AutoTokenizer
 
-    from benchmarks.harness.engines import EngineSpec, shutdown, start_verified
     from vllm_sdar.convert.toy import held_out, trained_task
 
-    sdar_dir, ar_dir = pair_dirs(task)
-    for d in (sdar_dir, ar_dir):
-        if not (d / "eval.json").exists():
-            return {"skipped": f"{d} not built (python -m vllm_sdar.convert.toy --task {task})"}
+    sdar_dir, ar_dir = engines.ASSETS / f"sdar-{task}", engines.ASSETS / f"ar-{task}"
     max_tokens = trained_task(sdar_dir).max_tokens
     tokenizer = AutoTokenizer.from_pretrained(sdar_dir)
     problems = held_out(plan.problems, sdar_dir)
@@ -223,21 +146,18 @@ def run_pair(task: str, plan: Plan) -> dict[str, Any]:
     texts = ([chat_prompt(tokenizer, p.prompt) for p in problems], [p.answer for p in problems])
     out: dict[str, Any] = {
         "task": trained_task(sdar_dir).describe(),
-        "sdar_model": str(sdar_dir.relative_to(REPO)),
-        "ar_model": str(ar_dir.relative_to(REPO)),
-        "max_tokens": max_tokens,
-        "engines": {},
-        "cells": [],
-    }
-    for kind, model_dir, block in (("sdar", sdar_dir, plan.block_size), ("ar", ar_dir, None)):
-        spec = EngineSpec(
-            kind, block, MAX_MODEL_LEN, max_num_seqs=max(plan.batches), compiled=plan.compiled
-        )
-        llm, out["engines"][kind] = start_verified(model_dir, spec, AR_ARCHITECTURE)
+        "sdar_model": str(sdar_dir.relative_to(engines.REPO)),
+        "ar_model": str(ar_dir.relative_to(engines.REPO)),
+        "max_tokens": max_tokens, "engines": {}, "cells": [],
+    }  # fmt: skip
+    for kind, path, block in (("sdar", sdar_dir, plan.block_size), ("ar", ar_dir, None)):
+        spec = engines.EngineSpec(kind, block, max_num_seqs=max(plan.batches),
+                                  compiled=plan.compiled)  # fmt: skip
+        llm, out["engines"][kind] = engines.start_verified(path, spec)
         try:
             out["cells"] += _engine_cells(llm, kind, task, plan, texts, max_tokens)
         finally:
-            shutdown(llm)
+            engines.shutdown(llm)
     return out
 
 
@@ -245,32 +165,17 @@ def compare(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per SDAR cell: tokens/s and accuracy against the AR parent at the same batch."""
     ar = {(c["pair"], c["batch"]): c for c in cells if c["kind"] == "ar"}
     rows = []
-    for c in cells:
-        if c["kind"] != "sdar":
-            continue
-        base = ar.get((c["pair"], c["batch"]))
-        rows.append(
-            {
-                "pair": c["pair"],
-                "method": c["method"],
-                "strategy": c["strategy"],
-                "threshold": c["threshold"],
-                "batch": c["batch"],
-                "problems": c["problems"],
-                "sdar_tok_s": c["throughput_tok_s"],
-                "ar_tok_s": base["throughput_tok_s"] if base else None,
-                "vs_ar": ratio(c["throughput_tok_s"], base["throughput_tok_s"] if base else None),
-                "latency_mean_vs_ar": ratio(
-                    c["latency_mean_s"], base["latency_mean_s"] if base else None
-                ),
-                "sdar_accuracy": c["accuracy"],
-                "ar_accuracy": base["accuracy"] if base else None,
-                "accuracy_points_vs_ar": round(100 * (c["accuracy"] - base["accuracy"]), 2)
-                if base
-                else None,
-                "tpf": c["tpf"],
-            }
-        )
+    for c in (c for c in cells if c["kind"] == "sdar"):
+        base = ar.get((c["pair"], c["batch"]), {})
+        points = round(100 * (c["accuracy"] - base["accuracy"]), 2) if base else None
+        rows.append({
+            **{k: c[k] for k in ("pair", "method", "strategy", "threshold", "batch", "problems")},
+            "sdar_tok_s": c["throughput_tok_s"], "ar_tok_s": base.get("throughput_tok_s"),
+            "vs_ar": ratio(c["throughput_tok_s"], base.get("throughput_tok_s")),
+            "latency_mean_vs_ar": ratio(c["latency_mean_s"], base.get("latency_mean_s")),
+            "sdar_accuracy": c["accuracy"], "ar_accuracy": base.get("accuracy"),
+            "accuracy_points_vs_ar": points, "tpf": c["tpf"],
+        })  # fmt: skip
     return rows
 
 
@@ -283,69 +188,24 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         speed_ok = r["vs_ar"] is not None and r["vs_ar"] >= TARGETS[r["batch"]]
         acc = r["accuracy_points_vs_ar"]
         acc_ok = acc is not None and acc >= -TARGET_ACCURACY_POINTS
-        out.append(
-            {
-                "pair": r["pair"],
-                "batch": r["batch"],
-                "tok_s_ratio": r["vs_ar"],
-                "target_ratio": TARGETS[r["batch"]],
-                "accuracy_points_vs_ar": acc,
-                "met": bool(speed_ok and acc_ok),
-            }
-        )
+        out.append({"pair": r["pair"], "batch": r["batch"], "tok_s_ratio": r["vs_ar"],
+                    "target_ratio": TARGETS[r["batch"]], "accuracy_points_vs_ar": acc,
+                    "met": bool(speed_ok and acc_ok)})  # fmt: skip
     return out
 
 
-def write(results: dict[str, Any], out: Path, name: str) -> Path:
-    """JSON, the tables and the figure of one run."""
-    from benchmarks.trained_report import plot, render
-
-    results["figure"] = f"{name}.png"
-    return publish(
-        results, out, name, render(results), {results["figure"]: lambda p: plot(results, p)}
-    )
-
-
-def main(argv: list[str] | None = None) -> Path:
-    cli = parser(__doc__, quick="smoke mode: a few problems")
-    cli.add_argument("--pairs", default=None, help="comma-separated tasks (default: the plan's)")
-    cli.add_argument("--compile", action="store_true", help="torch.compile on (vLLM's default)")
-    cli.add_argument(
-        "--render", type=Path, default=None, help="only re-render the .md/.png of this results JSON"
-    )
-    args = cli.parse_args(argv)
-    if args.render is not None:
-        return write(json.loads(args.render.read_text()), args.render.parent, args.render.stem)
-    # Before anything imports torch (run_pair does): torch sizes its thread
-    # pool from OMP_NUM_THREADS, and a second thread's OpenMP barriers
-    # stalled whole seconds at a time on this shared 2-core machine.
-    os.environ.setdefault("SDAR_BENCH_THREADS", "1")
-    env.configure()
+def trained_body(args: Any, tmp: Path) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     if args.pairs:
         plan = Plan(**(asdict(plan) | {"pairs": tuple(args.pairs.split(","))}))
-    if args.compile:
-        plan = Plan(**(asdict(plan) | {"compiled": True}))
-    command = "python -m benchmarks.trained" + (" --quick" if args.quick else "")
-    if args.pairs:
-        command += f" --pairs {args.pairs}"
-    if args.compile:
-        command += " --compile"
+    plan = Plan(**(asdict(plan) | {"compiled": args.compile}))
+    command = "python -m benchmarks.trained" + " --quick" * args.quick
+    command += f" --pairs {args.pairs}" * bool(args.pairs) + " --compile" * args.compile
     results: dict[str, Any] = {
-        "schema_version": 1,
-        "date": dt.date.today().isoformat(),
-        "mode": plan.mode,
-        "command": command,
-        "machine": env.machine_slug(),
-        "environment": env.describe(),
-        "threads": env.threads(),
-        "plan": asdict(plan),
-        "loadavg_start": env.loadavg(),
-        "pairs": {},
-        "cells": [],
-        "errors": {},
-    }
-    began = time.perf_counter()
+        "study": "trained", "schema_version": 2, "date": dt.date.today().isoformat(),
+        "mode": plan.mode, "command": command, "plan": asdict(plan), "loadavg_start": env.loadavg(),
+        "pairs": {}, "cells": [], "errors": {}, "figure": f"{args.stem}.png",
+    }  # fmt: skip
     for task in plan.pairs:
         env.log(f"pair {task}")
         try:
@@ -354,14 +214,162 @@ def main(argv: list[str] | None = None) -> Path:
             results["errors"][task] = f"{type(exc).__name__}: {exc}"
             env.log(f"pair {task} FAILED: {exc}")
             continue
-        results["cells"] += data.pop("cells", [])
+        results["cells"] += data.pop("cells")
         results["pairs"][task] = data
     results["comparison"] = compare(results["cells"])
     results["targets"] = targets(results["comparison"])
-    results["wall_s"] = round(time.perf_counter() - began, 1)
-    results["loadavg_end"] = env.loadavg()
-    study = "trained-compiled" if plan.compiled else "trained"
-    return write(results, args.out, stem(study, args.quick))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, args.out / results["figure"])  # before the JSON that names it
+    return results
+
+
+@dataclass(frozen=True)
+class StepsCase:  # --steps-per-iteration
+    model: str  # a shipped SDAR asset or a harness.engines.MODELS name
+    batch: int
+    problems: int  # requests per measurement, submitted `batch` at a time
+    rounds: int
+    max_tokens: int | None = None  # None: the trained task's own budget
+    strategy: str = DYNAMIC
+    k_values: tuple[int | str, ...] = (1, 2, "block")
+
+
+STEPS_FULL = [  # (model, batch, problems, rounds)
+    *(StepsCase("sdar-addition", b, n, 5) for b, n in ((1, 24), (8, 64), (64, 64))),
+    *(StepsCase("sdar-sort", b, n, r) for b, n, r in ((1, 8, 5), (8, 32, 5), (64, 64, 3))),
+    # Four 0.75B fp32 engines do not fit beside other work in 23 GB: k = 2
+    # is left out there (static: every block takes B steps, so "block" = 4).
+    *(StepsCase("qwen3-0.6b-shape", b, b, r, 8, STATIC, (1, "block")) for b, r in ((1, 3), (8, 2))),
+]
+STEPS_QUICK = [StepsCase("sdar-addition", 2, 4, 1, k_values=(1, "block"))]
+
+
+class IterationTimedEngine(engines.EngineWorker):
+    """One engine in a worker process; `measure` runs the problems in batches."""
+
+    def __init__(self, model: str, kind: str, strategy: str, steps: int | str) -> None:
+        super().__init__(Path(model), kind, steps_per_iteration=steps)
+        threshold = 0.9 if strategy == DYNAMIC else None
+        self.options = sdar_options(strategy, threshold) if kind == "sdar" else None
+
+    def measure(
+        self, prompts: list[list[int]], batch: int, max_tokens: int, ignore_eos: bool
+    ) -> dict[str, Any]:
+        from vllm.sampling_params import RequestOutputKind
+
+        params = engines.sampling_params(max_tokens, self.options, ignore_eos=ignore_eos,
+                                         output_kind=RequestOutputKind.DELTA)  # fmt: skip
+        engine = self.llm.llm_engine
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        tokens: dict[str, list[int]] = {}
+        forwards = iterations = 0
+        wall = 0.0
+        for g in range(0, len(prompts), batch):
+            began = time.perf_counter()
+            for i, p in enumerate(prompts[g : g + batch], start=g):
+                engine.add_request(f"r{i}", {"prompt_token_ids": p}, params)
+                tokens[f"r{i}"] = []
+            while engine.has_unfinished_requests():
+                outs = engine.step()
+                iterations += 1
+                now = time.perf_counter() - began
+                for out in outs:
+                    completion = out.outputs[0]
+                    if completion.token_ids:
+                        first.setdefault(out.request_id, now)
+                        tokens[out.request_id] += completion.token_ids
+                    if out.finished:
+                        last[out.request_id] = now
+                        metrics = completion.spec_decode_metrics
+                        forwards += int(sum(metrics.histogram)) if metrics is not None else 0
+            wall += time.perf_counter() - began
+        n_tokens = sum(len(t) for t in tokens.values())
+        return {
+            "wall_s": wall, "tokens": n_tokens, "tok_s": n_tokens / wall,
+            "latency_mean_s": statistics.mean(last.values()),
+            "ttft_mean_s": statistics.mean(first.values()),
+            "iterations": iterations, "forwards": forwards,
+            "digest": hash(tuple(tuple(tokens[r]) for r in sorted(tokens))),
+        }  # fmt: skip
+
+
+def run_steps_case(case: StepsCase, tmp: Path) -> dict[str, Any]:
+    model = engines.model_dir(case.model)
+    prompts = engines.problem_prompts(model, case.problems)
+    trained = (model / "eval.json").exists()
+    max_tokens = case.max_tokens
+    if max_tokens is None:
+        from vllm_sdar.convert.toy import trained_task
+
+        max_tokens = trained_task(model).max_tokens
+    # A trained toy's baseline is its AR parent (same held-out problems).
+    ar = model.parent / model.name.replace("sdar-", "ar-", 1) if trained else model
+    kwargs = {"ar": dict(model=str(ar), kind="ar", strategy=case.strategy, steps=1)}
+    kwargs |= {f"sdar-k{k}": dict(model=str(model), kind="sdar", strategy=case.strategy, steps=k)
+               for k in case.k_values}  # fmt: skip
+    call = dict(prompts=prompts, batch=case.batch, max_tokens=max_tokens, ignore_eos=not trained)
+    factory, name = "benchmarks.trained:IterationTimedEngine", f"{case.model}-{case.batch}"
+    with pool(factory, kwargs, tmp / name) as workers:
+        calls = {label: partial(w.measure, **call) for label, w in workers.items()}
+        runs = interleave(calls, case.rounds, warmup=True,
+                          on_round=lambda r: env.log(f"{name}: round {r + 1}"))  # fmt: skip
+    if len({r["digest"] for label, rs in runs.items() if label != "ar" for r in rs}) != 1:
+        raise RuntimeError(f"{case.model} batch {case.batch}: SDAR variants' tokens differ")
+    cells = {}
+    for label, per_round in runs.items():
+        cells[label] = {
+            key: statistics.median(r[key] for r in per_round)
+            for key in ("tok_s", "latency_mean_s", "ttft_mean_s", "wall_s")
+        } | {key: per_round[0][key] for key in ("tokens", "iterations", "forwards")}
+    env.log(f"{case.model} batch {case.batch}: {json.dumps(cells)}")
+    return {**asdict(case), "max_tokens": max_tokens, "cells": cells, "load": env.loadavg()}
+
+
+def steps_markdown(results: dict[str, Any]) -> str:
+    rows = []
+    for case in results["cases"]:
+        cells = case["cells"]
+        ar, k1 = cells["ar"], cells.get("sdar-k1")
+        for label, c in cells.items():
+            rows.append(
+                [case["model"], case["batch"], label, round(c["tok_s"], 1),
+                 ratio(c["tok_s"], ar["tok_s"]), ratio(c["tok_s"], k1["tok_s"]) if k1 else None,
+                 round(1000 * c["latency_mean_s"], 1), round(1000 * c["ttft_mean_s"], 1),
+                 c["iterations"], c["forwards"] or "", c["tokens"]]
+            )  # fmt: skip
+    header = [
+        "model", "batch", "engine", "tokens/s", "vs AR", "vs k=1", "latency ms (mean)",
+        "TTFT ms (mean)", "iterations", "denoising forwards", "tokens",
+    ]  # fmt: skip
+    title = "Denoising steps per engine iteration (medians over interleaved rounds)"
+    return report(title, results, header, rows)
+
+
+def steps_body(args: Any, tmp: Path) -> dict[str, Any]:
+    cases = STEPS_QUICK if args.quick else STEPS_FULL
+    command = "python -m benchmarks.trained --steps-per-iteration" + " --quick" * args.quick
+    return {"study": "inner_steps", "command": command,
+            "cases": [run_steps_case(c, tmp) for c in cases]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> Path:
+    def options(cli: Any) -> None:
+        cli.add_argument("--pairs", default=None, help="comma-separated tasks (default: all)")
+        cli.add_argument("--compile", action="store_true", help="torch.compile on (vLLM's default)")
+        text = "instead: k = 1, 2, block vs AR, engines in workers, interleaved"
+        cli.add_argument("--steps-per-iteration", action="store_true", help=text)
+
+    def name(args: Any) -> str:
+        return "inner-steps" if args.steps_per_iteration else "trained" + "-compiled" * args.compile
+
+    def body(args: Any, tmp: Path) -> dict[str, Any]:
+        return (steps_body if args.steps_per_iteration else trained_body)(args, tmp)
+
+    def markdown(results: dict[str, Any]) -> str:
+        return (steps_markdown if results["study"] == "inner_steps" else render)(results)
+
+    return study(__doc__, name, "smoke mode: a few problems", body, markdown, argv, options)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Tables and figure of `benchmarks.trained` results (JSON in, md + png out)."""
+"""Tables and figure of `benchmarks.trained` results (JSON in, md + png out).
+
+    python -m benchmarks.trained_report benchmarks/results/<stem>-trained.json   # re-render
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.figures import panels, save
-from benchmarks.harness.results import md_table
-from benchmarks.trained import TARGET_ACCURACY_POINTS
+from benchmarks.harness.results import md_table, publish
 
+TARGET_ACCURACY_POINTS = 2.0  # issue 12: SDAR within 2 points of its AR parent
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
 
 
@@ -27,36 +31,24 @@ def _pair_table(results: dict[str, Any], pair: str) -> str:
     for c in sorted(cells, key=lambda c: (c["kind"] != "ar", c["method"], c["batch"])):
         r = ratios.get((pair, c["method"], c["batch"]), {})
         rows.append(
-            [
-                c["method"],
-                c["batch"],
-                c["problems"],
-                f"{100 * c['accuracy']:.1f}%",
-                c["throughput_tok_s"],
-                _ratio(r.get("vs_ar")),
-                r.get("accuracy_points_vs_ar"),
-                c["tpf"],
-                c["latency_mean_s"],
-                c["latency_p50_s"],
-                c["latency_p90_s"],
-            ]
-        )
+            [c["method"], c["batch"], c["problems"], f"{100 * c['accuracy']:.1f}%",
+             c["throughput_tok_s"], _ratio(r.get("vs_ar")), r.get("accuracy_points_vs_ar"),
+             c["tpf"], c["latency_mean_s"], c["latency_p50_s"], c["latency_p90_s"]]
+        )  # fmt: skip
     return md_table(header, rows, digits=None)
 
 
 def render(results: dict[str, Any]) -> str:
-    env_ = results["environment"]
+    # schema 1 (the committed files): "environment"; 2: "machine"
+    env_, plan = results.get("environment") or results["machine"], results["plan"]
     parts = [
         f"Trained pairs through vLLM, {results['date']} on {env_['cpu']} ({env_['cores']} cores), "
         f"mode {results['mode']}, {results['threads']} thread per engine, load average "
         f"{results['loadavg_start']} -> {results['loadavg_end']}. Batch = requests submitted "
-        f"together; batch 1 times the first {results['plan']['batch1_problems']} problems, "
-        f"larger batches all {results['plan']['problems']}. Rerun: `{results['command']}`."
+        f"together; batch 1 times the first {plan['batch1_problems']} problems, "
+        f"larger batches all {plan['problems']}. Rerun: `{results['command']}`."
     ]
     for pair, data in results["pairs"].items():
-        if "skipped" in data:
-            parts.append(f"### {pair}: skipped ({data['skipped']})")
-            continue
         parts.append(
             f"### {pair}: {data['task']} ({data['sdar_model']} vs {data['ar_model']}, "
             f"max_tokens {data['max_tokens']})\n\n" + _pair_table(results, pair)
@@ -67,79 +59,66 @@ def render(results: dict[str, Any]) -> str:
              t["accuracy_points_vs_ar"], "yes" if t["met"] else "no"]
             for t in results["targets"]
         ]  # fmt: skip
+        header = ["pair", "batch", "SDAR/AR tok/s", "target", "acc. points", "met"]
         parts.append(
             "### Issue targets (SDAR dynamic 0.9 vs the AR parent; accuracy within "
-            f"{TARGET_ACCURACY_POINTS:g} points)\n\n"
-            + md_table(
-                ["pair", "batch", "SDAR/AR tok/s", "target", "acc. points", "met"], rows, None
-            )
+            f"{TARGET_ACCURACY_POINTS:g} points)\n\n" + md_table(header, rows, None)
         )
     if results["errors"]:
-        parts.append(
-            "Errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in results["errors"].items())
-        )
+        errors = results["errors"].items()
+        parts.append("Errors: " + "; ".join(f"{k}: {v[:300]}" for k, v in errors))
     return "\n\n".join(parts) + "\n"
 
 
-def _ratio_panel(ax: Any, results: dict[str, Any], pairs: list[str], methods: list[str]) -> None:
-    """SDAR/AR tokens/s vs batch, one line per (pair, method)."""
-    rows = results["comparison"]
-    colors = dict(zip(methods, COLORS))
-    styles = dict(zip(pairs, ["-", "--", ":"]))
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """SDAR/AR tokens/s vs batch, one line per (pair, method), beside exact
+    match at the largest batch, one bar per method (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: the studies run on machines without a display
+    import matplotlib.pyplot as plt
+
+    pairs, rows = list(results["pairs"]), results["comparison"]
+    methods = sorted({r["method"] for r in rows})
+    fig, ((left, right),) = plt.subplots(1, 2, figsize=(12, 4.5), squeeze=False)
+    colors, styles = dict(zip(methods, COLORS)), dict(zip(pairs, ["-", "--", ":"]))
     for pair in pairs:
         for method in methods:
-            pts = sorted(
-                (r["batch"], r["vs_ar"])
-                for r in rows
-                if r["pair"] == pair and r["method"] == method and r["vs_ar"] is not None
-            )
+            pts = sorted((r["batch"], r["vs_ar"]) for r in rows if r["vs_ar"] is not None
+                         and r["pair"] == pair and r["method"] == method)  # fmt: skip
             if pts:
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    marker="o",
-                    linestyle=styles[pair],
-                    color=colors[method],
-                    label=f"{pair}: {method}",
-                )
-    ax.axhline(1.0, color="black", linewidth=0.8)
+                left.plot(*zip(*pts), marker="o", linestyle=styles[pair], color=colors[method],
+                          label=f"{pair}: {method}")  # fmt: skip
+    left.axhline(1.0, color="black", linewidth=0.8)
     batches = sorted({r["batch"] for r in rows}) or [1]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [str(b) for b in batches])
-    ax.set_xlabel("batch (requests submitted together)")
-    ax.set_ylabel("SDAR tokens/s / AR parent tokens/s")
-    ax.set_title("SDAR vs its AR parent through vLLM (> 1: SDAR faster)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def _accuracy_panel(ax: Any, results: dict[str, Any], pairs: list[str], methods: list[str]) -> None:
-    """Accuracy at the largest batch (all problems), one bar per method, AR first."""
-    largest = max((r["batch"] for r in results["comparison"]), default=1)
-    labels = ["ar", *methods]
+    left.set_xscale("log", base=2)
+    left.set_xticks(batches, [str(b) for b in batches])
+    left.set(xlabel="batch (requests submitted together)",
+             ylabel="SDAR tokens/s / AR parent tokens/s",
+             title="SDAR vs its AR parent through vLLM (> 1: SDAR faster)")  # fmt: skip
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    largest, labels = max(batches), ["ar", *methods]
     width = 0.8 / max(len(pairs), 1)
     for i, pair in enumerate(pairs):
-        by_method = {
-            c["method"]: c["accuracy"]
-            for c in results["cells"]
-            if c["pair"] == pair and c["batch"] == largest
-        }
+        acc = {c["method"]: c["accuracy"] for c in results["cells"]
+               if c["pair"] == pair and c["batch"] == largest}  # fmt: skip
         xs = [j + i * width for j in range(len(labels))]
-        ax.bar(xs, [100 * by_method.get(m, 0) for m in labels], width, label=pair)
-    ax.set_xticks(
-        [j + width * (len(pairs) - 1) / 2 for j in range(len(labels))], labels, rotation=20
-    )
-    ax.set_ylabel(f"exact match % (batch {largest})")
-    ax.set_ylim(0, 100)
-    ax.set_title("accuracy on held-out problems")
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
+        right.bar(xs, [100 * acc.get(m, 0) for m in labels], width, label=pair)
+    ticks = [j + width * (len(pairs) - 1) / 2 for j in range(len(labels))]
+    right.set_xticks(ticks, labels, rotation=20)
+    right.set(ylabel=f"exact match % (batch {largest})", ylim=(0, 100),
+              title="accuracy on held-out problems")  # fmt: skip
+    right.legend(fontsize=8)
+    right.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    pairs = [p for p, d in results["pairs"].items() if "skipped" not in d]
-    methods = sorted({r["method"] for r in results["comparison"]})
-    fig, axes = panels(2, width=6, height=4.5)
-    _ratio_panel(axes[0][0], results, pairs, methods)
-    _accuracy_panel(axes[0][1], results, pairs, methods)
-    return save(fig, path)
+if __name__ == "__main__":  # the .md and .png of a results file, again
+    path = Path(sys.argv[1])
+    results = json.loads(path.read_text())
+    plot(results, path.with_suffix(".png"))
+    publish(results, path.parent, path.stem, render(results))

@@ -1,7 +1,7 @@
 """Soak: many concurrent clients send mixed requests to `vllm-sdar serve` for a
 bounded time; every answer is checked against `LLM(...)` offline.
 
-    python -m benchmarks.soak --mode full --out benchmarks/results/soak.json
+    python -m tests.soak --mode full --out benchmarks/results/soak-full.json
 
 Mix: completions (token-id prompts) and chat, stream and not, every remasking
 strategy, denoising_steps 1/2/4, thresholds, greedy and seeded temperatures,

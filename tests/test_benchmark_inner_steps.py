@@ -1,17 +1,18 @@
-"""The steps-per-iteration benchmark runs AR and SDAR at several k side by
-side, checks the k variants agree token for token, and counts iterations
-and forwards (never asserts speed)."""
+"""The steps-per-iteration axis of the trained study (`benchmarks.trained
+--steps-per-iteration`) runs AR and SDAR at several k side by side, checks
+the k variants agree token for token, and counts iterations and forwards
+(never asserts speed)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks import inner_steps
+from benchmarks import trained
 
 
 def test_quick_run_compares_k_values(tmp_path: Path) -> None:
-    inner_steps.main(["--quick", "--out", str(tmp_path)])
+    trained.main(["--steps-per-iteration", "--quick", "--out", str(tmp_path)])
     (json_file,) = tmp_path.glob("*-inner-steps-quick.json")
     (case,) = json.loads(json_file.read_text())["cases"]
     cells = case["cells"]

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.harness.results import md_table, publish, stem
-from benchmarks.harness.timing import interleave, median_run, summary
-from benchmarks.harness.workers import Worker, run_once
+from benchmarks.harness.results import interleave, md_table, median_run, publish, stem, summary
+from benchmarks.harness.workers import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 ECHO = f"{__name__}:Echo"
@@ -84,7 +83,6 @@ def test_worker_keeps_an_object_alive_in_its_own_process(tmp_path: Path) -> None
         for w in workers:
             w.close()
     assert all(w.proc.returncode == 0 for w in workers)
-    assert run_once(ECHO, {"tag": "c"}, proc_env, tmp_path / "c")["call"] == {}
     with pytest.raises(RuntimeError, match="factory failed on purpose"):
         Worker(ECHO, {"tag": "d", "fail": True}, proc_env, tmp_path / "d", "d")
 
@@ -110,7 +108,7 @@ def test_trained_pairs_quick(tmp_path: Path) -> None:
     assert engines["ar"]["scheduler"] == "vllm.v1.core.sched.scheduler.Scheduler"
     assert engines["ar"]["architecture"] == "Qwen3ForCausalLM"
     assert "Sdar" in engines["sdar"]["scheduler"] and engines["sdar"]["block_size"] == 4
-    assert r["threads"] == 1 and r["environment"]["cores"] >= 1
+    assert r["threads"] == 1 and r["machine"]["cores"] >= 1
     plan = r["plan"]
     have = {(c["method"], c["batch"]) for c in r["cells"]}
     methods = {"ar", "sdar-b4-static", *(f"sdar-b4-dyn{t:g}" for t in plan["thresholds"])}
@@ -128,10 +126,10 @@ def test_trained_pairs_quick(tmp_path: Path) -> None:
     assert figure.read_bytes().startswith(b"\x89PNG")
     table = path.with_suffix(".md").read_text()
     assert "| ar | 1 |" in table and "Issue targets" in table
-    # --render re-draws the same tables from the JSON alone.
+    # benchmarks.trained_report re-draws the same tables from the JSON alone.
     figure.unlink()
     rendered = subprocess.run(
-        [sys.executable, "-m", "benchmarks.trained", "--render", str(path)],
+        [sys.executable, "-m", "benchmarks.trained_report", str(path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr[-3000:]

