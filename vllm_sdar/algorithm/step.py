@@ -14,6 +14,7 @@ numpy, no vLLM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,14 +117,10 @@ def denoise_batch(
     device = logits.device
     if cpu_path is None:
         cpu_path = device.type == "cpu"
-    empty = np.zeros((0, pack.max_logprobs + 1))
     if pack.num_rows == 0:
-        none = np.zeros(0, dtype=np.int64)
-        return StepResult(pack, none, none.astype(bool), empty.astype(np.int64), empty, none)
+        return _from_host(pack, np.zeros(0))
     row_float = pack.row_float.to(device, non_blocking=True)
     row_int = pack.row_int.to(device, non_blocking=True)
-    request_float = pack.request_float.to(device, non_blocking=True)
-    request_int = pack.request_int.to(device, non_blocking=True)
     lp_rows = (
         pack.logprob_rows.to(device, non_blocking=True) if pack.logprob_rows.shape[0] else None
     )
@@ -135,6 +132,41 @@ def denoise_batch(
     work = logits.float()
     if work is logits and not inplace:
         work = work.clone()
+    work, grammar_rows = _restrict(work, pack, cpu_path)
+    x0, confidence, entropy, drawn_from = _propose(
+        work, pack, row_float, row_int, generator, cpu_path
+    )
+    if grammar_rows is not None:
+        # A structured request's first masked slot counts as certain in the
+        # selection: always unmasked.
+        force_rows(confidence, entropy, grammar_rows)
+    chosen = select_rows(
+        confidence,
+        entropy,
+        row_int[:, 0],
+        pack.request_float.to(device, non_blocking=True),
+        pack.request_int.to(device, non_blocking=True),
+        pack.strategies,
+        pack.width,
+    )
+    parts = [x0.double(), chosen.double()]
+    if lp_rows is not None:
+        if raw is not None:
+            values = raw
+        else:
+            if isinstance(drawn_from, list):
+                drawn_from = torch.cat(drawn_from)
+            values = drawn_from.index_select(0, lp_rows)
+        parts += _logprob_parts(pack, values, x0.index_select(0, lp_rows), logprobs_mode)
+    return _from_host(pack, _to_host(torch.cat(parts)))
+
+
+def _restrict(
+    work: torch.Tensor, pack: StepPack, cpu_path: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every rule that changes logits before the proposal, in `work` (this
+    step's own tensor); returns it and the grammar-masked rows."""
+    device = work.device
     # MASK and (below min_tokens) stop ids first: no transform may revive them.
     work[:, pack.mask_id] = float("-inf")
     if pack.forbid.shape[1]:
@@ -148,8 +180,20 @@ def denoise_batch(
         words = pack.grammar_words.to(device, non_blocking=True)
         mask_rows(work, grammar_rows, words, per_row=cpu_path)
     if pack.rule_blocks is not None:
-        # `work` is this step's own tensor (a copy, or the runner's logits).
         work = apply_logit_rules(work, pack.rule_blocks, inplace=True)
+    return work, grammar_rows
+
+
+def _propose(
+    work: torch.Tensor,
+    pack: StepPack,
+    row_float: torch.Tensor,
+    row_int: torch.Tensor,
+    generator: torch.Generator | None,
+    cpu_path: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+    """Every row's x0, confidence, entropy and drawing distribution; on the
+    CPU path in row chunks (see `denoise_batch`)."""
     sampled_only = pack.any_sampled and not pack.any_greedy
     rows = ProposalRows(
         temperature=row_float[:, 0] if pack.any_sampled else None,
@@ -165,7 +209,7 @@ def denoise_batch(
     with_entropy = ENTROPY in pack.strategies
     chunk = cpu_row_chunk(pack.vocab)
     if cpu_path and pack.num_rows > chunk:
-        x0, confidence, entropy, drawn_from = concat_proposals(
+        return concat_proposals(
             [
                 propose_rows(
                     work[start : start + chunk],
@@ -177,52 +221,37 @@ def denoise_batch(
                 for start in range(0, pack.num_rows, chunk)
             ]
         )
-    else:
-        x0, confidence, entropy, drawn_from = propose_rows(
-            work, rows, generator, with_entropy, sync_free=not cpu_path
-        )
-    if grammar_rows is not None:
-        # ...and counts as certain in the selection: always unmasked.
-        force_rows(confidence, entropy, grammar_rows)
-    chosen = select_rows(
-        confidence,
-        entropy,
-        row_int[:, 0],
-        request_float,
-        request_int,
-        pack.strategies,
-        pack.width,
-    )
-    parts = [x0.double(), chosen.double()]
+    return propose_rows(work, rows, generator, with_entropy, sync_free=not cpu_path)
+
+
+def _logprob_parts(
+    pack: StepPack, values: torch.Tensor, chosen: torch.Tensor, logprobs_mode: str
+) -> list[torch.Tensor]:
+    """The logprob rows' ranks, ids and values, flattened for the one transfer."""
     k = pack.max_logprobs
-    if lp_rows is not None:
-        if raw is not None:
-            values = raw
-        else:
-            if isinstance(drawn_from, list):
-                drawn_from = torch.cat(drawn_from)
-            values = drawn_from.index_select(0, lp_rows)
-        ids, vals, ranks = gather_logprobs(
-            values, x0.index_select(0, lp_rows), k, logprobs_mode.endswith("logprobs")
-        )
-        # Columns past a block's own width are vLLM's padding (id 0, -inf).
-        pad = torch.arange(k + 1, device=device)[None, :] >= pack.logprob_width.to(device)[:, None]
-        ids = ids.masked_fill(pad, 0)
-        vals = vals.float().masked_fill(pad, float("-inf"))
-        parts += [ranks.double(), ids.double().flatten(), vals.double().flatten()]
-    host = _to_host(torch.cat(parts))
-    m = pack.num_rows
-    x0_host = host[:m].astype(np.int64)
-    chosen_host = host[m : 2 * m] > 0
-    if lp_rows is None:
-        none = np.zeros(0, dtype=np.int64)
-        return StepResult(pack, x0_host, chosen_host, empty.astype(np.int64), empty, none)
-    n = pack.logprob_rows.shape[0]
-    ranks_host = host[2 * m : 2 * m + n].astype(np.int64)
+    ids, vals, ranks = gather_logprobs(values, chosen, k, logprobs_mode.endswith("logprobs"))
+    # Columns past a block's own width are vLLM's padding (id 0, -inf).
+    device = values.device
+    pad = torch.arange(k + 1, device=device)[None, :] >= pack.logprob_width.to(device)[:, None]
+    ids = ids.masked_fill(pad, 0)
+    vals = vals.float().masked_fill(pad, float("-inf"))
+    return [ranks.double(), ids.double().flatten(), vals.double().flatten()]
+
+
+def _from_host(pack: StepPack, host: np.ndarray) -> StepResult:
+    """The step's one transfer, unpacked: x0, chosen, then (if any block asked)
+    ranks, ids and values of the logprob rows."""
+    m, k = pack.num_rows, pack.max_logprobs
+    n = pack.logprob_rows.shape[0] if len(host) > 2 * m else 0
     flat = host[2 * m + n :]
-    ids_host = flat[: n * (k + 1)].reshape(n, k + 1).astype(np.int64)
-    vals_host = flat[n * (k + 1) :].reshape(n, k + 1).astype(np.float32)
-    return StepResult(pack, x0_host, chosen_host, ids_host, vals_host, ranks_host)
+    return StepResult(
+        pack,
+        host[:m].astype(np.int64),
+        host[m : 2 * m] > 0,
+        flat[: n * (k + 1)].reshape(n, k + 1).astype(np.int64),
+        flat[n * (k + 1) :].reshape(n, k + 1).astype(np.float32),
+        host[2 * m : 2 * m + n].astype(np.int64),
+    )
 
 
 def denoise_step(

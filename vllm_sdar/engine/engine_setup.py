@@ -53,11 +53,37 @@ def _load_tokenizer(model_config: Any) -> Any:
 
 
 def configure(vllm_config: Any) -> SdarDeployment:
+    """Every SDAR choice, in order: resolve the deployment, fit and check the
+    options, pick the SDAR classes, round max_model_len to whole blocks."""
     from vllm.platforms import current_platform
 
     from vllm_sdar.engine.support import refuse_unsupported
 
-    model_config = vllm_config.model_config
+    deployment = resolve_deployment(vllm_config.model_config)
+    runner_v2 = uses_model_runner_v2(vllm_config)
+    on_cpu = current_platform.is_cpu()
+    fit_kv_pages(vllm_config.cache_config, deployment.block_size, on_cpu)
+    refuse_unsupported(
+        vllm_config, deployment.block_size, deployment.steps_per_iteration, runner_v2
+    )
+    _choose_classes(vllm_config, on_cpu, runner_v2)
+    _whole_blocks_only(vllm_config.model_config, deployment.block_size)
+    logger.info(
+        "SDAR: block size %d, mask id %d, default strategy %s, %d denoising step(s) per "
+        "engine iteration, %s",
+        deployment.block_size,
+        deployment.mask_id,
+        deployment.defaults.remasking_strategy,
+        deployment.steps_per_iteration,
+        "Model Runner V2" if runner_v2 else "the V1 model runner",
+    )
+    return deployment
+
+
+def resolve_deployment(model_config: Any) -> SdarDeployment:
+    """Block size, mask id and option defaults, resolved once and written back
+    into hf_config, which travels to the engine and every worker."""
+    global _deployment
     hf_config = model_config.hf_config
     tokenizer = None
     if getattr(hf_config, "mask_token_id", None) is None:
@@ -71,19 +97,14 @@ def configure(vllm_config: Any) -> SdarDeployment:
         if named is not None:
             hf_config.block_size = named
     deployment = SdarDeployment.from_hf_config(hf_config, tokenizer)
-    # Resolved once here; the config travels to the engine and every worker.
     hf_config.block_size = deployment.block_size
     hf_config.mask_token_id = deployment.mask_id
-    global _deployment
     _deployment = deployment
+    return deployment
 
-    runner_v2 = uses_model_runner_v2(vllm_config)
-    on_cpu = current_platform.is_cpu()
-    fit_kv_pages(vllm_config.cache_config, deployment.block_size, on_cpu)
-    refuse_unsupported(
-        vllm_config, deployment.block_size, deployment.steps_per_iteration, runner_v2
-    )
 
+def _choose_classes(vllm_config: Any, on_cpu: bool, runner_v2: bool) -> None:
+    """The SDAR scheduler, worker and request validator, unless the user chose."""
     scheduler_config = vllm_config.scheduler_config
     if scheduler_config.scheduler_cls is None:
         scheduler_config.scheduler_cls = SCHEDULER
@@ -104,8 +125,15 @@ def configure(vllm_config: Any) -> SdarDeployment:
         from vllm.config import CUDAGraphMode
 
         vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
+    model_config = vllm_config.model_config
+    validator = VALIDATOR_V2 if runner_v2 else VALIDATOR_V1
+    processors = [
+        p for p in model_config.logits_processors or [] if p not in (VALIDATOR_V1, VALIDATOR_V2)
+    ]
+    model_config.logits_processors = processors + [validator]
 
-    B = deployment.block_size
+
+def _whole_blocks_only(model_config: Any, B: int) -> None:
     # Positions past the last whole block could only hold a partial block,
     # which SDAR never decodes (the open block would run past the per-request
     # token buffers). Rounding down lets vLLM's own admission check reject a
@@ -123,22 +151,6 @@ def configure(vllm_config: Any) -> SdarDeployment:
             B,
         )
         model_config.max_model_len = whole_blocks
-
-    validator = VALIDATOR_V2 if runner_v2 else VALIDATOR_V1
-    processors = [
-        p for p in model_config.logits_processors or [] if p not in (VALIDATOR_V1, VALIDATOR_V2)
-    ]
-    model_config.logits_processors = processors + [validator]
-    logger.info(
-        "SDAR: block size %d, mask id %d, default strategy %s, %d denoising step(s) per "
-        "engine iteration, %s",
-        B,
-        deployment.mask_id,
-        deployment.defaults.remasking_strategy,
-        deployment.steps_per_iteration,
-        "Model Runner V2" if runner_v2 else "the V1 model runner",
-    )
-    return deployment
 
 
 def fit_kv_pages(cache_config: Any, block_size: int, on_cpu: bool) -> None:
