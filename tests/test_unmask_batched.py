@@ -31,7 +31,7 @@ from vllm_sdar.algorithm.decoding import (
     RuleContext,
     Sampling,
     denoise_batch,
-    denoise_step_full,
+    denoise_block,
     hash_uniform,
     pack_step,
     propose,
@@ -100,21 +100,7 @@ def rows_of(block: BlockStep) -> int:
 
 
 def alone(block: BlockStep, logits: torch.Tensor, mode: str) -> tuple[list[int], Any]:
-    tokens, lp = denoise_step_full(
-        torch.tensor(block.tokens),
-        logits,
-        M,
-        block.step,
-        block.denoising,
-        block.sampling,
-        block.noise,
-        context=block.context,
-        num_logprobs=block.num_logprobs,
-        logprobs_mode=mode,
-        output_rules=block.output_rules,
-        first_output_pos=block.first_output_pos,
-    )
-    return tokens.tolist(), lp
+    return denoise_block(block, logits, M, logprobs_mode=mode)
 
 
 def assert_same_logprobs(got: Any, want: Any) -> None:

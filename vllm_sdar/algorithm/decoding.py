@@ -40,7 +40,12 @@ from vllm_sdar.algorithm.output_rules import OutputRules, decided_prefix, trunca
 from vllm_sdar.algorithm.packing import BlockStep, pack_step
 from vllm_sdar.algorithm.proposals import propose
 from vllm_sdar.algorithm.selection import select_slots
-from vllm_sdar.algorithm.step import denoise_batch, denoise_step, denoise_step_full
+from vllm_sdar.algorithm.step import (
+    denoise_batch,
+    denoise_block,
+    denoise_step,
+    denoise_step_full,
+)
 
 __all__ = [
     "NUCLEUS_FIRST_K",
@@ -55,6 +60,7 @@ __all__ = [
     "block_causal_mask",
     "decided_prefix",
     "denoise_batch",
+    "denoise_block",
     "denoise_step",
     "denoise_step_full",
     "filter_top_k_top_p",

@@ -331,10 +331,21 @@ def denoise_step_full(
         num_logprobs=num_logprobs,
         grammar_mask=grammar_mask,
     )
+    gen = generator if isinstance(generator, torch.Generator) else None
+    new_tokens, logprobs = denoise_block(block, masked_logits, mask_id, gen, logprobs_mode)
+    return torch.tensor(new_tokens, dtype=tokens.dtype), logprobs
+
+
+def denoise_block(
+    block: BlockStep,
+    masked_logits: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    logprobs_mode: str = "raw_logprobs",
+) -> tuple[list[int], SlotLogprobs | None]:
+    """One block's step, given as a `BlockStep`: a batch of one."""
     pack = pack_step([block], [masked_logits.shape[0]], mask_id, masked_logits.shape[-1])
     if pack.num_rows == 0:
-        return tokens, None
-    gen = generator if isinstance(generator, torch.Generator) else None
-    result = denoise_batch(masked_logits, pack, gen, logprobs_mode)
-    out = torch.tensor(result.tokens(0), dtype=tokens.dtype)
-    return out, result.slot_logprobs(0)
+        return list(block.tokens), None
+    result = denoise_batch(masked_logits, pack, generator, logprobs_mode)
+    return result.tokens(0), result.slot_logprobs(0)

@@ -17,6 +17,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from transformers import PreTrainedTokenizerFast
 
@@ -28,16 +29,19 @@ CHARS = "0123456789+= \n"
 
 @dataclass(frozen=True)
 class Problem(task_base.Problem):
+    """a <op> b (subtraction.py's problems are these with "-")."""
+
     a: int
     b: int
+    op: ClassVar[str] = "+"
 
     @property
     def prompt(self) -> str:
-        return f"{self.a}+{self.b}"
+        return f"{self.a}{self.op}{self.b}"
 
     @property
     def answer(self) -> str:
-        return str(self.a + self.b)
+        return str(self.a + self.b if self.op == "+" else self.a - self.b)
 
 
 @dataclass(frozen=True)

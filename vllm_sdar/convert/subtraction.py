@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
-from vllm_sdar.convert import task_base
+from vllm_sdar.convert import addition, task_base
 from vllm_sdar.convert.addition import CHARS, _operand
 
 
 @dataclass(frozen=True)
-class Problem(task_base.Problem):
-    a: int
-    b: int
-
-    @property
-    def prompt(self) -> str:
-        return f"{self.a}-{self.b}"
-
-    @property
-    def answer(self) -> str:
-        return str(self.a - self.b)
+class Problem(addition.Problem):
+    op: ClassVar[str] = "-"
 
 
 @dataclass(frozen=True)
