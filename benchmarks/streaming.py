@@ -104,8 +104,7 @@ def body(args: Any, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    quick = "tiny model, a few requests (smoke test)"
-    return study(__doc__, "streaming", quick, body, render, argv)
+    return study(__doc__, "streaming", "tiny model, a few requests (smoke)", body, render, argv)
 
 
 if __name__ == "__main__":

@@ -87,17 +87,18 @@ def pool(
 
 def _serve(factory: str, kwargs: dict[str, Any], control: Path) -> None:
     """The child's loop: build the object, then one measurement per command."""
+    def write(file: str, value: Any) -> None:  # atomic: the parent never reads half a file
+        (control / "tmp").write_text(json.dumps(value))
+        (control / "tmp").rename(control / file)
+
     module, _, name = factory.partition(":")
     obj = getattr(importlib.import_module(module), name)(**kwargs)
-    (control / "ready.json").write_text(json.dumps(getattr(obj, "info", {})))
+    write("ready.json", getattr(obj, "info", {}))
     for line in sys.stdin:
         command = json.loads(line)
         if command.get("quit"):
             break
-        result = obj.measure(**command["call"])
-        tmp = control / f"{command['id']}.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.rename(control / f"{command['id']}.json")  # atomic: never read half-written
+        write(f"{command['id']}.json", obj.measure(**command["call"]))
     getattr(obj, "close", lambda: None)()
 
 
