@@ -25,6 +25,7 @@ import psutil
 import pytest
 from vllm import LLM
 
+from vllm_sdar.tools.llm_shutdown import shutdown_llm
 from vllm_sdar.tools.server_process import serve_process
 
 from . import soak
@@ -62,7 +63,7 @@ def llm(live: tuple[str, subprocess.Popen, Path]) -> Iterator[LLM]:
         max_model_len=soak.MAX_MODEL_LEN,
     )
     yield engine
-    engine.llm_engine.engine_core.shutdown()
+    shutdown_llm(engine)
 
 
 def post(base: str, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -7,7 +7,6 @@ runner); starting, verifying, instrumenting and timing them.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import math
 import random
@@ -77,12 +76,9 @@ def start_verified(model: Path, spec: EngineSpec) -> tuple[Any, dict]:
 
 def shutdown(llm: Any) -> None:
     """Free the engine so the next one in this process starts clean (as the tests do)."""
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from vllm_sdar.tools.llm_shutdown import shutdown_llm
 
-    cleanup_dist_env_and_memory()
+    shutdown_llm(llm)
 
 
 class EngineWorker:
