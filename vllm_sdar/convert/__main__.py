@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
 import torch
 
-from vllm_sdar.convert.train import ConvertConfig, TrainingInterrupted, convert
+from vllm_sdar.convert.train import (
+    ConvertConfig,
+    TrainingInterrupted,
+    add_config_flags,
+    convert,
+)
 
 HELP = {
     "model": "Qwen3ForCausalLM or Qwen3MoeForCausalLM checkpoint directory (HF format)",
@@ -27,13 +31,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m vllm_sdar.convert",
         description="Convert a Qwen3 causal LM into an SDAR block-diffusion model.",
     )
-    for field in dataclasses.fields(ConvertConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], int)
-        if field.default is dataclasses.MISSING:
-            p.add_argument(flag, required=True, type=kind, help=HELP.get(field.name))
-        else:
-            p.add_argument(flag, default=field.default, type=kind, help=HELP.get(field.name))
+    add_config_flags(p, ConvertConfig, HELP)
     p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p

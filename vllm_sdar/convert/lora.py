@@ -28,7 +28,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from vllm_sdar.algorithm.config import register_hf_configs, resolve_block_size, 
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
 from vllm_sdar.convert.data import batch_order, collate, load_examples
 from vllm_sdar.convert.objective import WEIGHTINGS, sdar_loss
-from vllm_sdar.convert.train import DTYPES, _noise_generator, lr_factor
+from vllm_sdar.convert.train import DTYPES, _noise_generator, add_config_flags, lr_factor
 
 # Every linear layer of a decoder layer (attention and dense MLP), as PEFT
 # names them; what vLLM's Qwen3 LoRA layers cover (qkv_proj / gate_up_proj
@@ -278,13 +278,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m vllm_sdar.convert.lora",
         description="LoRA fine-tuning of an SDAR model with the block-diffusion objective.",
     )
-    for field in fields(LoraTrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = {"int": int, "float": float, "str": str}[str(field.type)]
-        if field.default is MISSING:
-            p.add_argument(flag, required=True, type=kind, help=HELP.get(field.name))
-        else:
-            p.add_argument(flag, default=field.default, type=kind, help=HELP.get(field.name))
+    add_config_flags(p, LoraTrainConfig, HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 

@@ -10,6 +10,8 @@ and a resumed run gives the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -30,6 +32,21 @@ from vllm_sdar.convert.source import MASK_TOKEN, from_qwen3
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SUMMARY_FILE = "conversion.json"
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_cls: type, help: dict[str, str]
+) -> None:
+    """One `--flag` per field of a training config dataclass (required where
+    the field has no default), for the converter's and the LoRA trainer's CLIs."""
+    for field in dataclasses.fields(config_cls):
+        flag = "--" + field.name.replace("_", "-")
+        # "int | None" -> int: an optional number is given as a number.
+        kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], int)
+        if field.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True, type=kind, help=help.get(field.name))
+        else:
+            parser.add_argument(flag, default=field.default, type=kind, help=help.get(field.name))
 
 
 class TrainingInterrupted(RuntimeError):
