@@ -137,117 +137,139 @@ def pack_step(
     for slots, rows in zip(masked, masked_rows, strict=True):
         if len(slots) != rows:
             raise ValueError(f"{len(slots)} masked slots but logits for {rows} rows")
-    width = max((len(m) for m in masked), default=0)
-    row_float: list[tuple[float, float, float]] = []
-    row_int: list[tuple[int, int, int, int, int]] = []
-    request_float: list[tuple[float, float]] = []
-    request_int: list[tuple[int, int]] = []
-    forbid: list[tuple[int, int]] = []
-    lp_rows: list[int] = []
-    lp_width: list[int] = []
-    first_row: list[int] = []
-    lp_first: list[int] = []
-    grammar_rows: list[int] = []
-    grammar_words: list[np.ndarray] = []
-    strategies: set[int] = set()
-    any_greedy = any_sampled = any_seeded = any_unseeded = False
-    any_top_p = any_min_p = any_rules = False
-    max_top_k = max_logprobs = 0
-    for b, slots in zip(blocks, masked, strict=True):
-        first_row.append(len(row_int))
-        lp_first.append(len(lp_rows))
+    rows = _RowTable(vocab, width=max((len(m) for m in masked), default=0))
+    for block, slots in zip(blocks, masked, strict=True):
+        rows.add_block(block, slots)
+    return rows.pack(mask_id, blocks, masked)
+
+
+@dataclass
+class _RowTable:
+    """`pack_step`'s tables while they are filled, block after block."""
+
+    vocab: int
+    width: int  # most masked slots of one block
+    row_float: list[tuple[float, float, float]] = field(default_factory=list)
+    row_int: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    request_float: list[tuple[float, float]] = field(default_factory=list)
+    request_int: list[tuple[int, int]] = field(default_factory=list)
+    forbid: list[tuple[int, int]] = field(default_factory=list)
+    lp_rows: list[int] = field(default_factory=list)
+    lp_width: list[int] = field(default_factory=list)
+    first_row: list[int] = field(default_factory=list)
+    lp_first: list[int] = field(default_factory=list)
+    grammar_rows: list[int] = field(default_factory=list)
+    grammar_words: list[np.ndarray] = field(default_factory=list)
+    strategies: set[int] = field(default_factory=set)
+    any_greedy: bool = False
+    any_sampled: bool = False
+    any_seeded: bool = False
+    any_unseeded: bool = False
+    any_top_p: bool = False
+    any_min_p: bool = False
+    any_rules: bool = False
+    max_top_k: int = 0
+    max_logprobs: int = 0
+
+    def add_block(self, b: BlockStep, slots: list[int]) -> None:
+        """One block's request row and one row per masked slot."""
+        self.first_row.append(len(self.row_int))
+        self.lp_first.append(len(self.lp_rows))
         if not slots:
-            continue
+            return
         strategy = STRATEGY_CODES.get(b.denoising.strategy)
         if strategy is None:
             raise ValueError(f"unknown remasking_strategy {b.denoising.strategy!r}")
-        strategies.add(strategy)
+        self.strategies.add(strategy)
         quota = quota_schedule(b.denoising.block_size, b.denoising.steps)
-        request = len(request_int)
-        request_int.append((min(quota[min(b.step, len(quota) - 1)], len(slots)), strategy))
-        request_float.append((b.denoising.threshold, b.denoising.eb_threshold))
+        request = len(self.request_int)
+        self.request_int.append((min(quota[min(b.step, len(quota) - 1)], len(slots)), strategy))
+        self.request_float.append((b.denoising.threshold, b.denoising.eb_threshold))
         s = b.sampling
         rules = b.context.rules if b.context is not None else None
-        any_rules = any_rules or (rules is not None and rules.changes_logits)
+        self.any_rules |= rules is not None and rules.changes_logits
         greedy = s.greedy
-        top_k = 0 if greedy or not 0 < s.top_k < vocab else s.top_k
+        top_k = 0 if greedy or not 0 < s.top_k < self.vocab else s.top_k
         top_p = 1.0 if greedy or not 0.0 < s.top_p < 1.0 else s.top_p
         min_p = 0.0 if greedy or rules is None else rules.min_p
-        any_greedy |= greedy
-        any_sampled |= not greedy
-        any_seeded |= not greedy and b.noise is not None
-        any_unseeded |= not greedy and b.noise is None
-        max_top_k = max(max_top_k, top_k)
-        any_top_p |= top_p < 1.0
-        any_min_p |= min_p > 0.0
+        self.any_greedy |= greedy
+        self.any_sampled |= not greedy
+        self.any_seeded |= not greedy and b.noise is not None
+        self.any_unseeded |= not greedy and b.noise is None
+        self.max_top_k = max(self.max_top_k, top_k)
+        self.any_top_p |= top_p < 1.0
+        self.any_min_p |= min_p > 0.0
         out = b.output_rules
         early_stops = out.stop_ids if out is not None and out.min_tokens > 0 else ()
         nlp = b.num_logprobs
+        k = 0
         if nlp is not None:
-            k = vocab if nlp < 0 else min(nlp, vocab)
-            max_logprobs = max(max_logprobs, k)
+            k = self.vocab if nlp < 0 else min(nlp, self.vocab)
+            self.max_logprobs = max(self.max_logprobs, k)
         seeded = b.noise is not None and not greedy
         for j, slot in enumerate(slots):
-            row = len(row_int)
+            row = len(self.row_int)
             key = b.noise.slot_key(slot) if seeded else 0
-            row_float.append((s.temperature if not greedy else 1.0, top_p, min_p))
-            row_int.append((request * width + j, top_k, key, int(seeded), int(greedy)))
+            self.row_float.append((s.temperature if not greedy else 1.0, top_p, min_p))
+            self.row_int.append((request * self.width + j, top_k, key, int(seeded), int(greedy)))
             early = b.first_output_pos + slot < (out.min_tokens if out is not None else 0)
             if j == 0 and b.grammar_mask is not None:
                 # min_tokens goes into the grammar's mask (the grammar wins
                 # where only a stop id is valid: grammar_rule.without_stop_ids).
-                grammar_rows.append(row)
+                self.grammar_rows.append(row)
                 words = np.asarray(b.grammar_mask, dtype=np.int32)
-                grammar_words.append(without_stop_ids(words, early_stops) if early else words)
+                self.grammar_words.append(without_stop_ids(words, early_stops) if early else words)
             elif early:
-                forbid.extend((row, stop) for stop in early_stops)
+                self.forbid.extend((row, stop) for stop in early_stops)
             if nlp is not None:
-                lp_rows.append(row)
-                lp_width.append(k + 1)
-    rule_blocks = None
-    if any_rules:
-        rule_blocks = [
-            BlockRows(
-                b.context.rules if b.context is not None else _NO_RULES,
-                list(b.tokens),
-                mask_id,
-                b.context.generated if b.context is not None else (),
-                b.context.prompt if b.context is not None else (),
-            )
-            for b, slots in zip(blocks, masked, strict=True)
-            if slots
-        ]
-    return StepPack(
-        mask_id=mask_id,
-        vocab=vocab,
-        blocks=blocks,
-        masked=masked,
-        first_row=first_row,
-        num_rows=len(row_int),
-        width=width,
-        row_float=torch.tensor(row_float, dtype=torch.float32).reshape(-1, 3),
-        row_int=torch.tensor(row_int, dtype=torch.long).reshape(-1, 5),
-        request_float=torch.tensor(request_float, dtype=torch.float32).reshape(-1, 2),
-        request_int=torch.tensor(request_int, dtype=torch.long).reshape(-1, 2),
-        forbid=torch.tensor(forbid, dtype=torch.long).reshape(-1, 2).T,
-        logprob_rows=torch.tensor(lp_rows, dtype=torch.long),
-        logprob_width=torch.tensor(lp_width, dtype=torch.long),
-        strategies=frozenset(strategies),
-        any_greedy=any_greedy,
-        any_sampled=any_sampled,
-        any_unseeded=any_unseeded,
-        any_seeded=any_seeded,
-        max_top_k=max_top_k,
-        any_top_p=any_top_p,
-        any_min_p=any_min_p,
-        max_logprobs=max_logprobs,
-        rule_blocks=rule_blocks,
-        lp_first=lp_first,
-        grammar_rows=torch.tensor(grammar_rows, dtype=torch.long),
-        grammar_words=torch.from_numpy(np.stack(grammar_words))
-        if grammar_words
-        else torch.zeros((0, 0), dtype=torch.int32),
-    )
+                self.lp_rows.append(row)
+                self.lp_width.append(k + 1)
+
+    def pack(self, mask_id: int, blocks: list[BlockStep], masked: list[list[int]]) -> StepPack:
+        rule_blocks = None
+        if self.any_rules:
+            rule_blocks = [
+                BlockRows(
+                    b.context.rules if b.context is not None else _NO_RULES,
+                    list(b.tokens),
+                    mask_id,
+                    b.context.generated if b.context is not None else (),
+                    b.context.prompt if b.context is not None else (),
+                )
+                for b, slots in zip(blocks, masked, strict=True)
+                if slots
+            ]
+        return StepPack(
+            mask_id=mask_id,
+            vocab=self.vocab,
+            blocks=blocks,
+            masked=masked,
+            first_row=self.first_row,
+            num_rows=len(self.row_int),
+            width=self.width,
+            row_float=torch.tensor(self.row_float, dtype=torch.float32).reshape(-1, 3),
+            row_int=torch.tensor(self.row_int, dtype=torch.long).reshape(-1, 5),
+            request_float=torch.tensor(self.request_float, dtype=torch.float32).reshape(-1, 2),
+            request_int=torch.tensor(self.request_int, dtype=torch.long).reshape(-1, 2),
+            forbid=torch.tensor(self.forbid, dtype=torch.long).reshape(-1, 2).T,
+            logprob_rows=torch.tensor(self.lp_rows, dtype=torch.long),
+            logprob_width=torch.tensor(self.lp_width, dtype=torch.long),
+            strategies=frozenset(self.strategies),
+            any_greedy=self.any_greedy,
+            any_sampled=self.any_sampled,
+            any_unseeded=self.any_unseeded,
+            any_seeded=self.any_seeded,
+            max_top_k=self.max_top_k,
+            any_top_p=self.any_top_p,
+            any_min_p=self.any_min_p,
+            max_logprobs=self.max_logprobs,
+            rule_blocks=rule_blocks,
+            lp_first=self.lp_first,
+            grammar_rows=torch.tensor(self.grammar_rows, dtype=torch.long),
+            grammar_words=torch.from_numpy(np.stack(self.grammar_words))
+            if self.grammar_words
+            else torch.zeros((0, 0), dtype=torch.int32),
+        )
 
 
 _NO_RULES = LogitRules()
