@@ -40,8 +40,14 @@ from transformers import AutoConfig, AutoTokenizer
 from vllm_sdar.algorithm.config import register_hf_configs, resolve_block_size, resolve_mask_id
 from vllm_sdar.algorithm.hf_model import SDARForCausalLM, model_class_for
 from vllm_sdar.convert.data import batch_order, collate, load_examples
-from vllm_sdar.convert.objective import WEIGHTINGS, sdar_loss
-from vllm_sdar.convert.train import DTYPES, _noise_generator, add_config_flags, lr_factor
+from vllm_sdar.convert.objective import sdar_loss
+from vllm_sdar.convert.train import (
+    DTYPES,
+    Optimization,
+    _noise_generator,
+    add_config_flags,
+    lr_factor,
+)
 
 # Every linear layer of a decoder layer (attention and dense MLP), as PEFT
 # names them; what vLLM's Qwen3 LoRA layers cover (qkv_proj / gate_up_proj
@@ -52,7 +58,7 @@ SUMMARY_FILE = "lora_training.json"
 
 
 @dataclass(frozen=True)
-class LoraTrainConfig:
+class LoraTrainConfig(Optimization):
     model: str  # SDAR checkpoint directory (HF format): the frozen base
     data: str  # JSONL training records (data.py formats)
     out: str  # the adapter directory (PEFT format)
@@ -63,28 +69,12 @@ class LoraTrainConfig:
     steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eps: float = 1e-3
-    weighting: str = "uniform"  # uniform | elbo, as in the conversion
-    max_length: int = 2048
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
     base_name: str = ""  # base_model_name_or_path recorded in adapter_config.json
 
     def check(self) -> None:
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.schedule not in ("cosine", "linear"):
-            raise ValueError(f"schedule must be cosine or linear, got {self.schedule!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
+        super().check()
         if not self.target_list:
             raise ValueError("targets is empty")
 

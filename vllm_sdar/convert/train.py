@@ -39,7 +39,8 @@ def add_config_flags(
 ) -> None:
     """One `--flag` per field of a training config dataclass (required where
     the field has no default), for the converter's and the LoRA trainer's CLIs."""
-    for field in dataclasses.fields(config_cls):
+    # A trainer's own fields first, the shared keyword-only ones after.
+    for field in sorted(dataclasses.fields(config_cls), key=lambda f: bool(f.kw_only)):
         flag = "--" + field.name.replace("_", "-")
         # "int | None" -> int: an optional number is given as a number.
         kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], int)
@@ -53,15 +54,11 @@ class TrainingInterrupted(RuntimeError):
     """Raised by `stop_after`: the run stopped as if killed after that step."""
 
 
-@dataclass(frozen=True)
-class ConvertConfig:
-    model: str  # Qwen3ForCausalLM / Qwen3MoeForCausalLM checkpoint (HF format)
-    data: str  # JSONL training records
-    out: str
-    block_size: int = 4
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-4
+@dataclass(frozen=True, kw_only=True)
+class Optimization:
+    """The learning-rate schedule and objective both trainers share (the
+    conversion and LoRA fine-tuning); keyword-only, after each one's own."""
+
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | linear
@@ -70,20 +67,11 @@ class ConvertConfig:
     eps: float = 1e-3  # lowest noise level t
     weighting: str = "uniform"  # uniform | elbo (1/t)
     max_length: int = 2048
-    mask_token: str = MASK_TOKEN
     seed: int = 0
-    save_every: int = 500
-    keep_checkpoints: int = 2
     dtype: str = "float32"
     device: str = "cpu"
-    stop_after: int | None = None  # testing aid: simulate a kill after this step
-
-    # Settings that may change between an interrupted run and its resumption.
-    RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints", "stop_after", "out")
 
     def check(self) -> None:
-        if self.block_size < 1:
-            raise ValueError("block_size must be >= 1")
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"schedule must be cosine or linear, got {self.schedule!r}")
         if self.weighting not in WEIGHTINGS:
@@ -92,6 +80,29 @@ class ConvertConfig:
             raise ValueError("eps must be in (0, 1)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class ConvertConfig(Optimization):
+    model: str  # Qwen3ForCausalLM / Qwen3MoeForCausalLM checkpoint (HF format)
+    data: str  # JSONL training records
+    out: str
+    block_size: int = 4
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-4
+    mask_token: str = MASK_TOKEN
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    stop_after: int | None = None  # testing aid: simulate a kill after this step
+
+    # Settings that may change between an interrupted run and its resumption.
+    RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints", "stop_after", "out")
+
+    def check(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        super().check()
 
 
 def lr_factor(
